@@ -1,0 +1,176 @@
+"""Sinusoid regression tasks, the toy problem of the MAML paper (section 5.1).
+
+A task is `y = amplitude * sin(x - phase)` with the amplitude drawn from
+U[0.1, 5], the phase from U[0, pi] and inputs from U[-5, 5]. Meta-batches are
+drawn in the TensorFlow graph with stateless random ops seeded by
+`(seed, batch index)`, so the stream is reproducible and batch `i` is the same
+whatever was read before it (which makes resuming a run exact).
+"""
+
+import math
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class SinusoidTasks(NamedTuple):
+    """A meta-batch of sinusoid tasks with their true parameters.
+
+    `amplitude` and `phase` are `[tasks]`; the inputs and labels are
+    `[tasks, examples, 1]`.
+    """
+
+    amplitude: tf.Tensor
+    phase: tf.Tensor
+    support_x: tf.Tensor
+    support_y: tf.Tensor
+    query_x: tf.Tensor
+    query_y: tf.Tensor
+
+
+def sample_sinusoid_tasks(
+    seed,
+    *,
+    num_shots: int,
+    num_queries: int,
+    meta_batch_size: int,
+    amplitude_range: tuple[float, float] = (0.1, 5.0),
+    phase_range: tuple[float, float] = (0.0, math.pi),
+    input_range: tuple[float, float] = (-5.0, 5.0),
+) -> SinusoidTasks:
+    """Draws one meta-batch of sinusoid tasks, vectorised over tasks.
+
+    Args:
+        seed: A stateless seed: an int tensor of shape `[2]`.
+        num_shots: Support points per task (K).
+        num_queries: Query points per task.
+        meta_batch_size: Tasks in the meta-batch.
+        amplitude_range: Bounds of the uniform amplitude. Defaults to
+            `(0.1, 5.0)`.
+        phase_range: Bounds of the uniform phase. Defaults to `(0, pi)`.
+        input_range: Bounds of the uniform inputs. Defaults to `(-5, 5)`.
+
+    Returns:
+        A `SinusoidTasks`.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    params = tf.random.stateless_uniform([2, meta_batch_size], seeds[0])
+    amplitude = _scale(params[0], amplitude_range)
+    phase = _scale(params[1], phase_range)
+    x = _scale(
+        tf.random.stateless_uniform(
+            [meta_batch_size, num_shots + num_queries, 1], seeds[1]
+        ),
+        input_range,
+    )
+    y = amplitude[:, None, None] * tf.sin(x - phase[:, None, None])
+    return SinusoidTasks(
+        amplitude=amplitude,
+        phase=phase,
+        support_x=x[:, :num_shots],
+        support_y=y[:, :num_shots],
+        query_x=x[:, num_shots:],
+        query_y=y[:, num_shots:],
+    )
+
+
+def sinusoid(
+    num_shots: int = 10,
+    *,
+    num_queries: int | None = None,
+    meta_batch_size: int = 25,
+    seed: int = 0,
+    num_batches: int | None = None,
+    amplitude_range: tuple[float, float] = (0.1, 5.0),
+    phase_range: tuple[float, float] = (0.0, math.pi),
+    input_range: tuple[float, float] = (-5.0, 5.0),
+) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of meta-batches of sinusoid regression tasks.
+
+    Each element is `(x, y)` in the layout `tfmaml.MAML` trains on:
+    `x = {"support_x": [B, K, 1], "support_y": [B, K, 1], "query_x":
+    [B, Q, 1]}` and `y = query_y: [B, Q, 1]`, float32.
+
+    Args:
+        num_shots: Support points per task (K). Defaults to `10`.
+        num_queries: Query points per task. Defaults to `num_shots`, as in
+            the MAML paper.
+        meta_batch_size: Tasks per element (B). Defaults to `25`.
+        seed: Seeds the whole stream. Defaults to `0`.
+        num_batches: Number of elements; `None` (the default) repeats
+            forever.
+        amplitude_range: Defaults to `(0.1, 5.0)`.
+        phase_range: Defaults to `(0, pi)`.
+        input_range: Defaults to `(-5, 5)`.
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y)` pairs.
+
+    Raises:
+        ValueError: If a count is not positive or a range is empty.
+
+    Example:
+
+    >>> data = sinusoid(num_shots=5, meta_batch_size=4, num_batches=2)
+    >>> x, y = next(iter(data))
+    >>> tuple(x["support_x"].shape), tuple(y.shape)
+    ((4, 5, 1), (4, 5, 1))
+    """
+    num_queries = num_shots if num_queries is None else num_queries
+    for name, value in (
+        ("num_shots", num_shots),
+        ("num_queries", num_queries),
+        ("meta_batch_size", meta_batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`{name}` must be an int >= 1. Received: {name}={value!r}"
+            )
+    if num_batches is not None and (
+        not isinstance(num_batches, int) or num_batches < 1
+    ):
+        raise ValueError(
+            "`num_batches` must be None or an int >= 1. "
+            f"Received: num_batches={num_batches!r}"
+        )
+    for name, (low, high) in (
+        ("amplitude_range", amplitude_range),
+        ("phase_range", phase_range),
+        ("input_range", input_range),
+    ):
+        if not low <= high:
+            raise ValueError(
+                f"`{name}` must be (low, high) with low <= high. "
+                f"Received: {name}={(low, high)}"
+            )
+
+    def make_batch(index):
+        tasks = sample_sinusoid_tasks(
+            tf.stack([tf.constant(seed, tf.int64), index]),
+            num_shots=num_shots,
+            num_queries=num_queries,
+            meta_batch_size=meta_batch_size,
+            amplitude_range=amplitude_range,
+            phase_range=phase_range,
+            input_range=input_range,
+        )
+        x = {
+            "support_x": tasks.support_x,
+            "support_y": tasks.support_y,
+            "query_x": tasks.query_x,
+        }
+        return x, tasks.query_y
+
+    indices = (
+        tf.data.Dataset.counter()
+        if num_batches is None
+        else tf.data.Dataset.range(num_batches)
+    )
+    return indices.map(
+        make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def _scale(unit, bounds):
+    low, high = bounds
+    return low + (high - low) * unit

@@ -1,0 +1,845 @@
+"""`MAML`: a Keras model that meta-trains any Keras network with `fit`.
+
+A batch is a meta-batch of tasks (see `MAML`'s docstring for the layout).
+`train_step` adapts a copy of the network's weights to every task's support
+set (the inner loop, `tfmaml.inner_loop`) and differentiates the query loss of
+the adapted weights with respect to the initial weights (the outer loop). The
+base network's variables are only written by the optimizer: adaptation works
+on tensors passed through `Layer.stateless_call`.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tfmaml import inner_loop
+
+SUPPORT_X = "support_x"
+SUPPORT_Y = "support_y"
+QUERY_X = "query_x"
+EPISODE_KEYS = (SUPPORT_X, SUPPORT_Y, QUERY_X)
+TASK_LOOPS = ("map", "vectorized", "unrolled")
+
+# Keras layers whose second derivative is wrong (they compute the variance
+# with a stop-gradient through the mean; see tfmaml.networks).
+_WRONG_SECOND_DERIVATIVE = (
+    keras.layers.BatchNormalization,
+    keras.layers.GroupNormalization,
+)
+
+
+class Episode(NamedTuple):
+    """A validated meta-batch: tensors with a leading task axis."""
+
+    support_x: tf.Tensor
+    support_y: tf.Tensor
+    query_x: tf.Tensor
+    query_y: tf.Tensor | None
+    sample_weight: tf.Tensor | None
+
+
+class TaskResults(NamedTuple):
+    """Per-task outputs of the inner and outer loop over a meta-batch.
+
+    Losses are `[tasks]`, predictions `[tasks, queries, ...]`; losses are
+    `None` when the batch has no query labels (prediction).
+    """
+
+    loss: tf.Tensor | None
+    predictions: tf.Tensor
+    pre_loss: tf.Tensor | None
+    pre_predictions: tf.Tensor
+    state: list[tf.Tensor]
+
+
+@keras.saving.register_keras_serializable(package="tfmaml")
+class MAML(keras.Model):
+    """Model-Agnostic Meta-Learning (MAML) around any built Keras network.
+
+    `fit` meta-trains the base network so that `inner_steps` SGD steps on a
+    new task's support set give low loss on its query set. Each batch is a
+    meta-batch of `B` tasks:
+
+    - `x = {"support_x": [B, S, ...], "support_y": [B, S, ...],
+      "query_x": [B, Q, ...]}` and `y = query_y` of shape `[B, Q, ...]`;
+    - labels have the rank of the network's output (regression, one-hot)
+      or one less (class indices for a sparse loss);
+    - an optional `sample_weight` of shape `[B, Q]` weighs query examples.
+
+    The loss and metrics given to `compile` are applied per task: the
+    loss's per-example values are averaged over each task's examples (the
+    loss object's own `reduction` is not used), then over tasks. Logs
+    report the query loss and metrics after adaptation (`loss`,
+    `accuracy`, ...) and of the unadapted network (`pre_loss`,
+    `pre_accuracy`, ...). `evaluate` and validation adapt with
+    `eval_inner_steps`. Regularisation losses of the base network are added
+    to both the support and the query loss, evaluated on the weights in use.
+
+    `model(x)` runs the meta-learned base network; `predict` on episode
+    batches returns adapted query predictions; `adapt` returns a network
+    adapted to one task.
+
+    Args:
+        base_model: A built Keras model (Sequential, Functional or
+            subclassed) or layer. Its trainable variables are meta-learned.
+        inner_lr: The inner-loop SGD learning rate. Defaults to `0.01`.
+        inner_steps: Inner SGD steps during meta-training. Defaults to `1`.
+        eval_inner_steps: Inner steps in `evaluate`, validation, `predict`
+            and `adapt`. Defaults to `inner_steps`.
+        first_order: If `True`, the meta-gradient ignores the second
+            derivatives of the inner loop (first-order MAML). Defaults to
+            `False`.
+        task_loop: How the tasks of a meta-batch are computed: `"map"`
+            (`tf.map_fn`, one task after another in one graph; works for
+            any network), `"vectorized"` (`tf.vectorized_map`, all tasks
+            at once; fastest for dense networks) or `"unrolled"` (a Python
+            loop in the graph; needs a static meta-batch size and traces
+            slowly for deep networks). All give the same result. Defaults
+            to `"map"`.
+        **kwargs: Base `keras.Model` arguments such as `name`.
+
+    Raises:
+        TypeError: If `base_model` is not a Keras layer or model.
+        ValueError: If `base_model` is not built or has no trainable
+            variables, if it contains a normalisation layer with a wrong
+            second derivative while `first_order=False`, or if a
+            hyperparameter is out of range.
+
+    Example:
+
+    >>> import keras, tfmaml
+    >>> net = tfmaml.networks.mlp((1,), 1)
+    >>> model = tfmaml.MAML(net, inner_lr=0.01, inner_steps=1)
+    >>> model.compile(keras.optimizers.Adam(1e-3), loss="mse")
+    >>> data = tfmaml.data.sinusoid(num_shots=10, meta_batch_size=4)
+    >>> history = model.fit(data, steps_per_epoch=2, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'pre_loss']
+
+    References:
+        Finn, Abbeel and Levine. Model-Agnostic Meta-Learning for Fast
+        Adaptation of Deep Networks. ICML 2017.
+    """
+
+    def __init__(
+        self,
+        base_model: keras.layers.Layer,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        *,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        task_loop: str = "map",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_base_model(base_model, first_order=first_order)
+        self.base_model = base_model
+        self.inner_lr = _check_learning_rate("inner_lr", inner_lr)
+        self.inner_steps = _check_steps("inner_steps", inner_steps)
+        self.eval_inner_steps = (
+            self.inner_steps
+            if eval_inner_steps is None
+            else _check_steps("eval_inner_steps", eval_inner_steps)
+        )
+        if not isinstance(first_order, bool):
+            raise TypeError(
+                f"`first_order` must be a bool. "
+                f"Received: first_order={first_order!r}"
+            )
+        self.first_order = first_order
+        if task_loop not in TASK_LOOPS:
+            raise ValueError(
+                f"`task_loop` must be one of {list(TASK_LOOPS)}. "
+                f"Received: task_loop={task_loop!r}"
+            )
+        self.task_loop = task_loop
+        self._pre_loss_tracker = keras.metrics.Mean(name="pre_loss")
+        self._task_metrics = _TaskMetrics((), ())
+        self._adapt_functions = {}
+        # train_step never calls self(...), so Keras would never mark the
+        # wrapper built; the base network is built, so the wrapper is too.
+        self.built = True
+
+    def call(self, inputs, training=None):
+        """Runs the meta-learned (unadapted) base network."""
+        return self.base_model(inputs, training=training)
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        run_eagerly=False,
+        steps_per_execution=1,
+        jit_compile=False,
+        auto_scale_loss=True,
+    ):
+        """Configures meta-training; the arguments are `keras.Model`'s.
+
+        Differences from `keras.Model.compile`: `loss` is required and
+        applied per task; `loss_weights` is not supported (the base network
+        has one output); and `jit_compile` defaults to `False` instead of
+        `"auto"`, because XLA's second derivative through max-pooling is
+        wrong and XLA is slower for these networks on CPU. Pass
+        `jit_compile=True` to opt in.
+
+        Raises:
+            ValueError: If `loss` is missing or `loss_weights` is given.
+        """
+        if loss is None:
+            raise ValueError(
+                "`MAML.compile` needs a `loss`, applied to every task's "
+                "support and query sets. Received: loss=None"
+            )
+        if loss_weights is not None:
+            raise ValueError(
+                "`loss_weights` is not supported by `MAML`: the base "
+                f"network has one output. Received: loss_weights="
+                f"{loss_weights!r}"
+            )
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
+        )
+        self._example_loss = _per_example_loss(loss)
+        self._task_metrics = _TaskMetrics(
+            post=_build_metrics(metrics, weighted_metrics, prefix=""),
+            pre=_build_metrics(metrics, weighted_metrics, prefix="pre_"),
+        )
+        # Keras' compiled loss and metrics would see the whole meta-batch as
+        # one batch; tfmaml applies the loss and metrics per task itself.
+        # The compile config above still records them for saving.
+        self._compile_loss = None
+        self._compile_metrics = None
+
+    def compile_from_config(self, config):
+        """Compiles a loaded model with its saved `compile` arguments.
+
+        Keras skips models that override `compile`; this one's `compile`
+        takes exactly the arguments Keras saves.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        # Optimizer variables must exist before `load_model` restores them.
+        self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        if not self.compiled:
+            return []
+        post = [m for m, _ in self._task_metrics.post]
+        pre = [m for m, _ in self._task_metrics.pre]
+        return [self._loss_tracker, *post, self._pre_loss_tracker, *pre]
+
+    def train_step(self, data):
+        episode = self._unpack_episode(data)
+        weights = self.base_model.trainable_variables
+        with tf.GradientTape() as tape:
+            results = self.solve_tasks(
+                episode,
+                steps=self.inner_steps,
+                first_order=self.first_order,
+                training=True,
+            )
+            loss = tf.reduce_mean(results.loss)
+            # The optimizer sums the replicas' gradients under tf.distribute;
+            # dividing by their count makes the update the meta-batch mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(
+                loss / tf.cast(replicas, loss.dtype)
+            )
+        gradients = tape.gradient(scaled_loss, weights)
+        self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
+        self._write_back_state(results.state)
+        return self._update_metrics(episode, results)
+
+    def test_step(self, data):
+        episode = self._unpack_episode(data)
+        results = self.solve_tasks(
+            episode,
+            steps=self.eval_inner_steps,
+            first_order=True,
+            training=False,
+        )
+        return self._update_metrics(episode, results)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(x, Mapping):
+            return self.base_model(x, training=False)
+        episode = _check_episode(x, None, None, require_labels=False)
+        return self.solve_tasks(
+            episode,
+            steps=self.eval_inner_steps,
+            first_order=True,
+            training=False,
+        ).predictions
+
+    def solve_tasks(
+        self,
+        episode: Episode,
+        *,
+        steps: int,
+        first_order: bool,
+        training: bool,
+    ) -> TaskResults:
+        """Adapts to every task of a meta-batch and predicts its queries.
+
+        Differentiable with respect to the base network's variables, which
+        are read here (so call it inside the outer tape).
+
+        Args:
+            episode: The meta-batch, from `Episode`.
+            steps: Inner SGD steps per task.
+            first_order: Whether inner gradients are constants.
+            training: The `training` flag passed to the base network.
+
+        Returns:
+            A `TaskResults` with per-task losses and predictions.
+        """
+        _check_label_rank(self.base_model, episode)
+        weights = [tf.convert_to_tensor(v) for v in self._weights()]
+        state = [
+            tf.convert_to_tensor(v)
+            for v in self.base_model.non_trainable_variables
+        ]
+        has_labels = episode.query_y is not None
+        elems = {
+            "support_x": episode.support_x,
+            "support_y": episode.support_y,
+            "query_x": episode.query_x,
+        }
+        if has_labels:
+            elems["query_y"] = episode.query_y
+        if episode.sample_weight is not None:
+            elems["sample_weight"] = episode.sample_weight
+
+        def solve_task(task):
+            fast = inner_loop.adapt(
+                lambda w, x, y: self._support_loss(w, state, x, y, training),
+                weights,
+                task["support_x"],
+                task["support_y"],
+                steps=steps,
+                learning_rate=self.inner_lr,
+                first_order=first_order,
+            )
+            predictions, new_state, penalty = self._forward(
+                fast, state, task["query_x"], training
+            )
+            pre_predictions, _, pre_penalty = self._forward(
+                weights, state, task["query_x"], training
+            )
+            pre_predictions = tf.stop_gradient(pre_predictions)
+            outputs = {
+                "predictions": predictions,
+                "pre_predictions": pre_predictions,
+                "state": new_state,
+            }
+            if has_labels:
+                weight = task.get("sample_weight")
+                outputs["loss"] = penalty + self.task_loss(
+                    task["query_y"], predictions, weight
+                )
+                outputs["pre_loss"] = tf.stop_gradient(
+                    pre_penalty
+                    + self.task_loss(task["query_y"], pre_predictions, weight)
+                )
+            return outputs
+
+        spec = self._output_signature(episode.query_x, has_labels)
+        outputs = _map_tasks(self.task_loop, solve_task, elems, spec)
+        return TaskResults(
+            loss=outputs.get("loss"),
+            predictions=outputs["predictions"],
+            pre_loss=outputs.get("pre_loss"),
+            pre_predictions=outputs["pre_predictions"],
+            state=outputs["state"],
+        )
+
+    def task_loss(self, y_true, y_pred, sample_weight=None) -> tf.Tensor:
+        """The compiled loss of one task: the mean of per-example values.
+
+        Args:
+            y_true: One task's labels, `[examples, ...]`.
+            y_pred: The network's predictions for them.
+            sample_weight: Optional `[examples]` weights; the result is
+                `sum(weight * loss) / examples`, as Keras reduces.
+
+        Returns:
+            A scalar tensor.
+        """
+        if not self.compiled:
+            raise ValueError(
+                "You must call `compile()` with a `loss` before the MAML "
+                "model can compute task losses."
+            )
+        values = tf.convert_to_tensor(self._example_loss(y_true, y_pred))
+        values = tf.cast(values, y_pred.dtype)
+        if sample_weight is not None:
+            weight = tf.cast(sample_weight, values.dtype)
+            weight = tf.reshape(
+                weight,
+                tf.concat(
+                    [tf.shape(weight), tf.ones([values.shape.rank - 1], tf.int32)],
+                    axis=0,
+                ),
+            )
+            values = values * weight
+        return tf.reduce_mean(values)
+
+    def adapt(
+        self,
+        support_x,
+        support_y,
+        steps: int | None = None,
+    ) -> keras.Model:
+        """Returns a copy of the base network adapted to one task.
+
+        The copy has the base network's architecture and the fast weights
+        after `steps` inner SGD steps on `(support_x, support_y)`; this
+        model's variables are left unchanged.
+
+        Args:
+            support_x: One task's support inputs, `[S, ...]`.
+            support_y: Their labels, `[S, ...]`.
+            steps: Inner steps. Defaults to `eval_inner_steps`.
+
+        Returns:
+            A built Keras model.
+
+        Raises:
+            ValueError: If `steps` is negative or the support set's shapes
+                do not fit the network.
+        """
+        steps = (
+            self.eval_inner_steps
+            if steps is None
+            else _check_steps("steps", steps)
+        )
+        support_x = tf.convert_to_tensor(support_x)
+        support_y = tf.convert_to_tensor(support_y)
+        # Reuse the meta-batch checks on a batch of one task.
+        episode = _check_episode(
+            {
+                SUPPORT_X: support_x[None],
+                SUPPORT_Y: support_y[None],
+                QUERY_X: support_x[None],
+            },
+            support_y[None],
+            None,
+        )
+        _check_label_rank(self.base_model, episode)
+        if steps not in self._adapt_functions:
+            self._adapt_functions[steps] = tf.function(
+                lambda x, y: self._adapt_one(x, y, steps),
+                reduce_retracing=True,
+            )
+        fast = self._adapt_functions[steps](support_x, support_y)
+        return self._clone_with_weights(fast, support_x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "base_model": keras.saving.serialize_keras_object(
+                self.base_model
+            ),
+            "inner_lr": self.inner_lr,
+            "inner_steps": self.inner_steps,
+            "eval_inner_steps": self.eval_inner_steps,
+            "first_order": self.first_order,
+            "task_loop": self.task_loop,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        base_model = keras.saving.deserialize_keras_object(
+            config.pop("base_model"), custom_objects=custom_objects
+        )
+        return cls(base_model, **config)
+
+    # Internals.
+
+    def _weights(self) -> list:
+        """The variables the inner loop adapts and the outer loop learns."""
+        return self.base_model.trainable_variables
+
+    def _forward(self, weights, state, x, training):
+        """Runs the base network on `weights`; returns outputs, state, and
+        the sum of its regularisation losses on those weights."""
+        outputs, new_state, losses = self.base_model.stateless_call(
+            weights, state, x, training=training, return_losses=True
+        )
+        penalty = tf.add_n(losses) if losses else 0.0
+        return outputs, new_state, tf.cast(penalty, outputs.dtype)
+
+    def _support_loss(self, weights, state, x, y, training):
+        predictions, _, penalty = self._forward(weights, state, x, training)
+        return penalty + self.task_loss(y, predictions)
+
+    def _adapt_one(self, support_x, support_y, steps):
+        weights = [tf.convert_to_tensor(v) for v in self._weights()]
+        state = [
+            tf.convert_to_tensor(v)
+            for v in self.base_model.non_trainable_variables
+        ]
+        return inner_loop.adapt(
+            lambda w, x, y: self._support_loss(w, state, x, y, False),
+            weights,
+            support_x,
+            support_y,
+            steps=steps,
+            learning_rate=self.inner_lr,
+            first_order=True,
+        )
+
+    def _clone_with_weights(self, fast, example_x):
+        clone = keras.models.clone_model(self.base_model)
+        if not clone.built:
+            clone(example_x)
+        targets = clone.trainable_variables
+        if [v.shape for v in targets] != [w.shape for w in fast]:
+            raise ValueError(
+                "`keras.models.clone_model` gave a copy of the base network "
+                f"whose trainable variables {[v.path for v in targets]} do "
+                "not match the original's; give the base network a "
+                "`get_config` that rebuilds it exactly."
+            )
+        for variable, value in zip(targets, fast, strict=True):
+            variable.assign(value)
+        for variable, source in zip(
+            clone.non_trainable_variables,
+            self.base_model.non_trainable_variables,
+            strict=True,
+        ):
+            variable.assign(source)
+        return clone
+
+    def _output_signature(self, query_x, has_labels):
+        spec = self.base_model.compute_output_spec(
+            keras.KerasTensor(query_x.shape[1:], dtype=query_x.dtype.name)
+        )
+        prediction = tf.TensorSpec(None, tf.as_dtype(spec.dtype))
+        signature = {
+            "predictions": prediction,
+            "pre_predictions": prediction,
+            "state": [
+                tf.TensorSpec(None, tf.as_dtype(v.dtype))
+                for v in self.base_model.non_trainable_variables
+            ],
+        }
+        if has_labels:
+            signature["loss"] = tf.TensorSpec([], prediction.dtype)
+            signature["pre_loss"] = tf.TensorSpec([], prediction.dtype)
+        return signature
+
+    def _write_back_state(self, state):
+        """Keeps the base network's non-trainable state (e.g. Keras
+        BatchNorm moving statistics) up to date, as `fit` would: floats
+        take the mean over tasks, other state (seeds) the first task's."""
+        for variable, values in zip(
+            self.base_model.non_trainable_variables, state, strict=True
+        ):
+            if variable.dtype.startswith("float"):
+                variable.assign(tf.reduce_mean(values, axis=0))
+            else:
+                variable.assign(values[0])
+
+    def _unpack_episode(self, data) -> Episode:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return _check_episode(x, y, sample_weight)
+
+    def _update_metrics(self, episode, results):
+        tasks = tf.shape(results.loss)[0]
+        self._loss_tracker.update_state(
+            tf.reduce_mean(results.loss), sample_weight=tasks
+        )
+        self._pre_loss_tracker.update_state(
+            tf.reduce_mean(results.pre_loss), sample_weight=tasks
+        )
+        y_true = _merge_task_axis(episode.query_y)
+        weight = (
+            None
+            if episode.sample_weight is None
+            else _merge_task_axis(episode.sample_weight)
+        )
+        for metrics, predictions in (
+            (self._task_metrics.post, results.predictions),
+            (self._task_metrics.pre, results.pre_predictions),
+        ):
+            y_pred = _merge_task_axis(predictions)
+            for metric, weighted in metrics:
+                metric.update_state(
+                    y_true, y_pred, sample_weight=weight if weighted else None
+                )
+        return self.get_metrics_result()
+
+
+class _TaskMetrics(NamedTuple):
+    """Metrics after (`post`) and before (`pre`) adaptation, each a tuple
+    of `(metric, weighted)` pairs. A tuple, so Keras does not track it as
+    state of the (already built) model."""
+
+    post: tuple
+    pre: tuple
+
+
+def _map_tasks(task_loop, fn, elems, signature):
+    """Applies `fn` to every task (slice along axis 0) of `elems`."""
+    if task_loop == "map":
+        return tf.map_fn(fn, elems, fn_output_signature=signature)
+    if task_loop == "vectorized":
+        return tf.vectorized_map(fn, elems)
+    tasks = elems["support_x"].shape[0]
+    if tasks is None:
+        raise ValueError(
+            "`task_loop='unrolled'` needs a static number of tasks per "
+            "meta-batch (batch with `drop_remainder=True`). Received: "
+            f"support_x.shape={elems['support_x'].shape}"
+        )
+    outputs = [
+        fn({key: value[i] for key, value in elems.items()})
+        for i in range(tasks)
+    ]
+    return tf.nest.map_structure(lambda *t: tf.stack(t), *outputs)
+
+
+def _merge_task_axis(tensor):
+    """`[tasks, examples, ...]` -> `[tasks * examples, ...]`."""
+    return tf.reshape(
+        tensor, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0)
+    )
+
+
+def _per_example_loss(loss):
+    """Resolves a Keras loss identifier to `fn(y_true, y_pred)` returning
+    per-example (unreduced) values."""
+    resolved = keras.losses.get(loss)
+    if isinstance(resolved, keras.losses.Loss):
+        return resolved.call
+    if callable(resolved):
+        return lambda y_true, y_pred: resolved(*_align_ranks(y_true, y_pred))
+    raise ValueError(
+        f"Could not interpret the loss {loss!r}: pass a Keras loss name, "
+        "a `keras.losses.Loss` or a function `fn(y_true, y_pred)`."
+    )
+
+
+def _align_ranks(y_true, y_pred):
+    """Gives labels `[n]` and predictions `[n, 1]` (or the reverse) the same
+    rank, as Keras' loss classes do before calling a loss function."""
+    if y_true.shape.rank + 1 == y_pred.shape.rank and y_pred.shape[-1] == 1:
+        y_true = y_true[..., None]
+    elif y_pred.shape.rank + 1 == y_true.shape.rank and y_true.shape[-1] == 1:
+        y_pred = y_pred[..., None]
+    return y_true, y_pred
+
+
+def _accuracy(y_true, y_pred):
+    """"accuracy" resolved the way Keras resolves it, from static shapes."""
+    if y_pred.shape[-1] == 1:
+        return keras.metrics.binary_accuracy(y_true, y_pred)
+    if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] != 1:
+        return keras.metrics.categorical_accuracy(y_true, y_pred)
+    return keras.metrics.sparse_categorical_accuracy(y_true, y_pred)
+
+
+def _build_metric(identifier, prefix):
+    if identifier in ("accuracy", "acc"):
+        return keras.metrics.MeanMetricWrapper(
+            _accuracy, name=f"{prefix}{identifier}"
+        )
+    metric = keras.metrics.get(identifier)
+    if isinstance(metric, keras.metrics.Metric):
+        if not prefix:
+            return metric
+        config = metric.get_config()
+        config["name"] = prefix + metric.name
+        return type(metric).from_config(config)
+    name = getattr(metric, "__name__", str(identifier))
+    return keras.metrics.MeanMetricWrapper(metric, name=prefix + name)
+
+
+def _build_metrics(metrics, weighted_metrics, prefix):
+    pairs = []
+    for argument, values, weighted in (
+        ("metrics", metrics, False),
+        ("weighted_metrics", weighted_metrics, True),
+    ):
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(
+                f"`{argument}` must be a list for `MAML` (the base network "
+                f"has one output). Received: {argument}={values!r}"
+            )
+        pairs += [(_build_metric(m, prefix), weighted) for m in values]
+    return tuple(pairs)
+
+
+def _check_base_model(base_model, *, first_order):
+    if not isinstance(base_model, keras.layers.Layer):
+        raise TypeError(
+            "`base_model` must be a Keras model or layer. Received: "
+            f"base_model={base_model!r} of type {type(base_model).__name__}"
+        )
+    if not base_model.built:
+        raise ValueError(
+            "`base_model` must be built, so that its variables exist. Give "
+            "it a `keras.Input`, or call `base_model.build(input_shape)` or "
+            f"`base_model(x)` first. Received: base_model={base_model.name} "
+            "(not built)"
+        )
+    if not base_model.trainable_variables:
+        raise ValueError(
+            "`base_model` has no trainable variables to meta-learn. "
+            f"Received: base_model={base_model.name}"
+        )
+    if first_order:
+        return
+    for layer in base_model._flatten_layers(include_self=True):
+        if isinstance(layer, _WRONG_SECOND_DERIVATIVE):
+            raise ValueError(
+                f"`base_model` contains `{type(layer).__name__}` layer "
+                f"'{layer.name}', whose second derivative Keras computes "
+                "wrongly (the variance stops the gradient through the mean)"
+                ", which would make the second-order meta-gradient wrong. "
+                "Use `tfmaml.networks.BatchNormalization` (or "
+                "`keras.layers.LayerNormalization`), or pass "
+                "`first_order=True`."
+            )
+
+
+def _check_learning_rate(name, value):
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`{name}` must be a number. Received: {name}={value!r}"
+        ) from None
+    if not rate > 0 or rate == float("inf"):
+        raise ValueError(
+            f"`{name}` must be a finite number > 0. Received: {name}={value!r}"
+        )
+    return rate
+
+
+def _check_steps(name, value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"`{name}` must be an int. Received: {name}={value!r}"
+        )
+    if value < 0:
+        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+    return value
+
+
+def _check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
+    """Validates a meta-batch's structure and static shapes."""
+    if not isinstance(x, Mapping):
+        raise ValueError(
+            f"A MAML batch `x` must be a dict with keys {list(EPISODE_KEYS)}"
+            f". Received: x of type {type(x).__name__}"
+        )
+    missing = [k for k in EPISODE_KEYS if k not in x]
+    unknown = sorted(set(x) - set(EPISODE_KEYS))
+    if missing or unknown:
+        raise ValueError(
+            f"A MAML batch `x` must have exactly the keys "
+            f"{list(EPISODE_KEYS)}; missing: {missing}, unknown: {unknown}. "
+            f"Received keys: {sorted(x)}"
+        )
+    if y is None and require_labels:
+        raise ValueError(
+            "A MAML batch needs `y`, the query labels `[tasks, queries, ...]`"
+            ". Received: y=None"
+        )
+    tensors = {k: tf.convert_to_tensor(x[k]) for k in EPISODE_KEYS}
+    if y is not None:
+        tensors["query_y"] = tf.convert_to_tensor(y)
+    if sample_weight is not None:
+        tensors["sample_weight"] = tf.convert_to_tensor(sample_weight)
+    for key, tensor in tensors.items():
+        if tensor.shape.rank is None or tensor.shape.rank < 2:
+            raise ValueError(
+                f"`{key}` must have a task and an example axis, "
+                f"[tasks, examples, ...]. Received: {key}.shape={tensor.shape}"
+            )
+    _check_same_dim(tensors, list(tensors), axis=0, what="task count")
+    _check_same_dim(tensors, [SUPPORT_X, SUPPORT_Y], axis=1, what="support size")
+    query_keys = [k for k in ("query_x", "query_y", "sample_weight")
+                  if k in tensors]
+    _check_same_dim(tensors, query_keys, axis=1, what="query size")
+    if tensors[SUPPORT_X].shape[2:] != tensors[QUERY_X].shape[2:]:
+        raise ValueError(
+            "`support_x` and `query_x` must have the same example shape. "
+            f"Received: support_x.shape={tensors[SUPPORT_X].shape}, "
+            f"query_x.shape={tensors[QUERY_X].shape}"
+        )
+    if "query_y" in tensors and (
+        tensors[SUPPORT_Y].shape.rank != tensors["query_y"].shape.rank
+    ):
+        raise ValueError(
+            "`support_y` and the query labels `y` must have the same rank. "
+            f"Received: support_y.shape={tensors[SUPPORT_Y].shape}, "
+            f"y.shape={tensors['query_y'].shape}"
+        )
+    if "sample_weight" in tensors and tensors["sample_weight"].shape.rank != 2:
+        raise ValueError(
+            "`sample_weight` must weigh each query example: shape "
+            "[tasks, queries]. Received: "
+            f"sample_weight.shape={tensors['sample_weight'].shape}"
+        )
+    return Episode(
+        support_x=tensors[SUPPORT_X],
+        support_y=tensors[SUPPORT_Y],
+        query_x=tensors[QUERY_X],
+        query_y=tensors.get("query_y"),
+        sample_weight=tensors.get("sample_weight"),
+    )
+
+
+def _check_same_dim(tensors, keys, *, axis, what):
+    sizes = {k: tensors[k].shape[axis] for k in keys}
+    known = {s for s in sizes.values() if s is not None}
+    if len(known) > 1:
+        shapes = ", ".join(f"{k}.shape={tensors[k].shape}" for k in keys)
+        raise ValueError(
+            f"{', '.join(f'`{k}`' for k in keys)} must have the same {what} "
+            f"(axis {axis}). Received: {shapes}"
+        )
+
+
+def _check_label_rank(base_model, episode):
+    """Labels have the prediction's rank, or one less (class indices)."""
+    spec = base_model.compute_output_spec(
+        keras.KerasTensor(
+            episode.support_x.shape[1:], dtype=episode.support_x.dtype.name
+        )
+    )
+    rank = len(spec.shape)
+    for key, labels in ((SUPPORT_Y, episode.support_y),
+                        ("y", episode.query_y)):
+        if labels is None:
+            continue
+        label_rank = labels.shape.rank - 1  # Without the task axis.
+        if label_rank not in (rank, rank - 1):
+            raise ValueError(
+                f"`{key}` has the wrong rank for the base network's output "
+                f"of shape {tuple(spec.shape)} per task: a task's labels "
+                f"need rank {rank} (values, one-hot) or {rank - 1} (class "
+                f"indices). Received: {key}.shape={labels.shape}"
+            )
