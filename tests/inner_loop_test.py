@@ -37,9 +37,7 @@ def test_trajectory_holds_every_iterate_and_zero_steps_is_identity():
     np.testing.assert_array_equal(trajectory[0][0], w)
     current = w
     for step in range(1, 4):
-        current = current - 0.05 * 2.0 / 8 * tf.transpose(x) @ (
-            x @ current - y
-        )
+        current = current - 0.05 * 2.0 / 8 * tf.transpose(x) @ (x @ current - y)
         np.testing.assert_allclose(trajectory[step][0], current, rtol=1e-11)
     (unchanged,) = inner_loop.adapt(
         _least_squares, [w], x, y, steps=0, learning_rate=0.05

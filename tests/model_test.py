@@ -317,7 +317,9 @@ def test_logs_report_loss_and_metrics_before_and_after_adaptation():
                     x["query_x"][t]
                 ),
                 from_logits=True,
-            ).numpy().mean()
+            )
+            .numpy()
+            .mean()
             for t in range(TASKS)
         ]
     )
@@ -356,8 +358,7 @@ def test_sample_weights_scale_each_query_loss():
     plain = model.test_on_batch(x, y, return_dict=True)
     weight = np.zeros((TASKS, QUERIES), "float32")
     weight[:, :2] = 2.0
-    weighted = model.test_on_batch(x, y, sample_weight=weight,
-                                   return_dict=True)
+    weighted = model.test_on_batch(x, y, sample_weight=weight, return_dict=True)
     # Expected: sum(w * loss) / queries per task, as Keras reduces.
     adapted_errors = np.stack(
         [
@@ -531,8 +532,9 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
     path = str(tmp_path / "maml.keras")
     model.save(path)
     np.savez(tmp_path / "batch.npz", y=y, **x)
-    expected_logs = model.evaluate(x, y, batch_size=TASKS, verbose=0,
-                                   return_dict=True)
+    expected_logs = model.evaluate(
+        x, y, batch_size=TASKS, verbose=0, return_dict=True
+    )
     expected = np.stack(
         [
             model.adapt(x["support_x"][t], x["support_y"][t])(x["query_x"][t])

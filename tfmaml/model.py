@@ -243,7 +243,7 @@ class MAML(keras.Model):
         return [self._loss_tracker, *post, self._pre_loss_tracker, *pre]
 
     def train_step(self, data):
-        episode = self._unpack_episode(data)
+        episode = self.episode_from_batch(data)
         weights = self.base_model.trainable_variables
         with tf.GradientTape() as tape:
             results = self.solve_tasks(
@@ -265,7 +265,7 @@ class MAML(keras.Model):
         return self._update_metrics(episode, results)
 
     def test_step(self, data):
-        episode = self._unpack_episode(data)
+        episode = self.episode_from_batch(data)
         results = self.solve_tasks(
             episode,
             steps=self.eval_inner_steps,
@@ -368,6 +368,16 @@ class MAML(keras.Model):
             state=outputs["state"],
         )
 
+    def episode_from_batch(self, data) -> Episode:
+        """Validates a batch `(x, y[, sample_weight])` as a meta-batch.
+
+        Raises:
+            ValueError: Naming the key or argument whose structure or shape
+                does not fit the batch layout of the class docstring.
+        """
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return _check_episode(x, y, sample_weight)
+
     def task_loss(self, y_true, y_pred, sample_weight=None) -> tf.Tensor:
         """The compiled loss of one task: the mean of per-example values.
 
@@ -389,13 +399,7 @@ class MAML(keras.Model):
         values = tf.cast(values, y_pred.dtype)
         if sample_weight is not None:
             weight = tf.cast(sample_weight, values.dtype)
-            weight = tf.reshape(
-                weight,
-                tf.concat(
-                    [tf.shape(weight), tf.ones([values.shape.rank - 1], tf.int32)],
-                    axis=0,
-                ),
-            )
+            weight = tf.reshape(weight, [-1] + [1] * (values.shape.rank - 1))
             values = values * weight
         return tf.reduce_mean(values)
 
@@ -453,9 +457,7 @@ class MAML(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "base_model": keras.saving.serialize_keras_object(
-                self.base_model
-            ),
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
             "inner_lr": self.inner_lr,
             "inner_steps": self.inner_steps,
             "eval_inner_steps": self.eval_inner_steps,
@@ -558,10 +560,6 @@ class MAML(keras.Model):
             else:
                 variable.assign(values[0])
 
-    def _unpack_episode(self, data) -> Episode:
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        return _check_episode(x, y, sample_weight)
-
     def _update_metrics(self, episode, results):
         tasks = tf.shape(results.loss)[0]
         self._loss_tracker.update_state(
@@ -619,9 +617,7 @@ def _map_tasks(task_loop, fn, elems, signature):
 
 def _merge_task_axis(tensor):
     """`[tasks, examples, ...]` -> `[tasks * examples, ...]`."""
-    return tf.reshape(
-        tensor, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0)
-    )
+    return tf.reshape(tensor, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0))
 
 
 def _per_example_loss(loss):
@@ -649,7 +645,7 @@ def _align_ranks(y_true, y_pred):
 
 
 def _accuracy(y_true, y_pred):
-    """"accuracy" resolved the way Keras resolves it, from static shapes."""
+    """ "accuracy" resolved the way Keras resolves it, from static shapes."""
     if y_pred.shape[-1] == 1:
         return keras.metrics.binary_accuracy(y_true, y_pred)
     if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] != 1:
@@ -739,9 +735,7 @@ def _check_learning_rate(name, value):
 
 def _check_steps(name, value):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"`{name}` must be an int. Received: {name}={value!r}"
-        )
+        raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
     if value < 0:
         raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
     return value
@@ -779,9 +773,12 @@ def _check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
                 f"[tasks, examples, ...]. Received: {key}.shape={tensor.shape}"
             )
     _check_same_dim(tensors, list(tensors), axis=0, what="task count")
-    _check_same_dim(tensors, [SUPPORT_X, SUPPORT_Y], axis=1, what="support size")
-    query_keys = [k for k in ("query_x", "query_y", "sample_weight")
-                  if k in tensors]
+    _check_same_dim(
+        tensors, [SUPPORT_X, SUPPORT_Y], axis=1, what="support size"
+    )
+    query_keys = [
+        k for k in ("query_x", "query_y", "sample_weight") if k in tensors
+    ]
     _check_same_dim(tensors, query_keys, axis=1, what="query size")
     if tensors[SUPPORT_X].shape[2:] != tensors[QUERY_X].shape[2:]:
         raise ValueError(
@@ -831,8 +828,7 @@ def _check_label_rank(base_model, episode):
         )
     )
     rank = len(spec.shape)
-    for key, labels in ((SUPPORT_Y, episode.support_y),
-                        ("y", episode.query_y)):
+    for key, labels in ((SUPPORT_Y, episode.support_y), ("y", episode.query_y)):
         if labels is None:
             continue
         label_rank = labels.shape.rank - 1  # Without the task axis.

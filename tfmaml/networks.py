@@ -226,9 +226,7 @@ def conv4(
     layers = [keras.Input(tuple(input_shape))]
     for i in range(4):
         layers += [
-            keras.layers.Conv2D(
-                filters, 3, padding="same", name=f"conv_{i}"
-            ),
+            keras.layers.Conv2D(filters, 3, padding="same", name=f"conv_{i}"),
             BatchNormalization(name=f"norm_{i}"),
             keras.layers.ReLU(name=f"relu_{i}"),
             keras.layers.MaxPooling2D(2, name=f"pool_{i}"),

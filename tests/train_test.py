@@ -1,0 +1,109 @@
+"""The `tfmaml.train` and `tfmaml.evaluate` command lines, end to end."""
+
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import tfmaml
+from tfmaml import cli
+from tfmaml.configs import sinusoid
+
+
+def _run(module, *args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+def _losses(output):
+    rows = re.findall(r"^\s+(\d+) \|\s+\d+ \| ([\d.]+) \+-", output, re.M)
+    return {int(steps): float(loss) for steps, loss in rows}
+
+
+def test_the_default_config_is_the_shipped_sinusoid_config():
+    assert os.path.samefile(cli.DEFAULT_CONFIG, sinusoid.__file__)
+    config = sinusoid.get_config()
+    assert (config.num_shots, config.meta_batch_size) == (10, 25)
+    assert tuple(config.hidden_units) == (40, 40)
+    assert (config.inner_lr, config.learning_rate) == (0.01, 1e-3)
+
+
+def test_unknown_config_variants_are_named():
+    with pytest.raises(ValueError, match="'k7'"):
+        sinusoid.get_config("k7")
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_with_the_default_config(tmp_path):
+    # No --config: the shipped default, shrunk by overrides.
+    overrides = [
+        "--config.total_steps=300",
+        "--config.steps_per_epoch=150",
+        "--config.eval_tasks=40",
+    ]
+    trained = _run(
+        "tfmaml.train",
+        *overrides,
+        "--workdir=run",
+        "--fit_verbose=2",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    workdir = tmp_path / "run"
+    for name in (
+        "model.keras",
+        "evaluation.txt",
+        "config.txt",
+        "checkpoints/latest.keras",
+        "checkpoints/best.keras",
+    ):
+        assert (workdir / name).exists(), name
+    assert list((workdir / "tensorboard" / "train").iterdir())
+    exported = tmp_path / "saved_models" / "sinusoid" / "model.keras"
+    assert exported.exists()
+
+    train_losses = _losses(trained.stdout)
+    assert sorted(train_losses) == [0, 1, 5, 10]
+    # Adaptation helps even after a short run.
+    assert train_losses[10] < train_losses[0]
+
+    evaluated = _run(
+        "tfmaml.evaluate", *overrides, "--workdir=run", cwd=tmp_path
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    # The reloaded model on the same test tasks gives the same figures.
+    assert _losses(evaluated.stdout) == train_losses
+    png = (workdir / "sinusoid.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+    model = keras.models.load_model(exported)
+    assert isinstance(model, tfmaml.MAML)
+    assert model.eval_inner_steps == 10
+    prediction = model.predict(np.zeros((3, 1), "float32"), verbose=0)
+    assert prediction.shape == (3, 1)
+
+
+def test_a_bad_override_is_named(tmp_path):
+    result = _run(
+        "tfmaml.train",
+        "--config.inner_steps=-1",
+        "--workdir=run",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "inner_steps=-1" in result.stderr
+
+
+def test_evaluate_without_a_trained_model_says_what_to_run(tmp_path):
+    result = _run("tfmaml.evaluate", "--workdir=nothing", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "No trained model at nothing/model.keras" in result.stderr

@@ -1,0 +1,108 @@
+"""Builds an experiment's data and model from its config.
+
+The one place that reads configs, shared by `tfmaml.train`,
+`tfmaml.evaluate` and the benchmarks, so they always agree on what a
+config means.
+"""
+
+from typing import NamedTuple
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfmaml import data
+from tfmaml import networks
+from tfmaml.model import MAML
+
+# Seeds of the three streams of tasks, offset from `config.seed` so that
+# training, validation and test tasks never coincide.
+_SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
+
+
+class Splits(NamedTuple):
+    """Datasets of meta-batches: an endless training stream, and fixed
+    validation and test sets."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+
+
+def build_splits(config: ml_collections.ConfigDict) -> Splits:
+    """Returns the config's train, validation and test task streams.
+
+    Raises:
+        ValueError: If `config.task` is unknown.
+    """
+    if config.task != "sinusoid":
+        raise ValueError(
+            f"Unknown `task` {config.task!r}; known tasks: ['sinusoid']."
+        )
+
+    def stream(split, **kwargs):
+        return data.sinusoid(
+            num_shots=config.num_shots,
+            seed=config.seed + _SPLIT_SEED_OFFSETS[split],
+            **kwargs,
+        )
+
+    eval_batch = 100
+    return Splits(
+        train=stream(
+            "train",
+            num_queries=config.num_queries,
+            meta_batch_size=config.meta_batch_size,
+        ),
+        validation=stream(
+            "validation",
+            num_queries=config.num_queries,
+            meta_batch_size=config.meta_batch_size,
+            num_batches=config.validation_batches,
+        ),
+        test=stream(
+            "test",
+            num_queries=config.eval_num_queries,
+            meta_batch_size=min(eval_batch, config.eval_tasks),
+            num_batches=-(-config.eval_tasks // eval_batch),
+        ),
+    )
+
+
+def build_network(config: ml_collections.ConfigDict) -> keras.Model:
+    """Returns the config's base network, built."""
+    if config.network == "mlp":
+        return networks.mlp(
+            (1,),
+            1,
+            hidden_units=tuple(config.hidden_units),
+            activation=config.activation,
+        )
+    raise ValueError(
+        f"Unknown `network` {config.network!r}; known networks: ['mlp']."
+    )
+
+
+def build_model(config: ml_collections.ConfigDict) -> MAML:
+    """Returns the config's `MAML` model, compiled for meta-training."""
+    model = MAML(
+        build_network(config),
+        inner_lr=config.inner_lr,
+        inner_steps=config.inner_steps,
+        eval_inner_steps=config.eval_inner_steps,
+        first_order=config.first_order,
+        task_loop=config.task_loop,
+    )
+    compile_model(model, config)
+    return model
+
+
+def compile_model(model: MAML, config: ml_collections.ConfigDict) -> None:
+    """Compiles `model` with the config's optimizer, loss and metrics."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=config.loss,
+        metrics=list(config.metrics),
+        steps_per_execution=config.steps_per_execution,
+        jit_compile=config.jit_compile,
+    )

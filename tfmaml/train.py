@@ -1,0 +1,98 @@
+"""Meta-trains a config with `model.fit`, evaluates it, and exports it.
+
+Usage:
+  python -m tfmaml.train [--config=configs/sinusoid.py[:variant]]
+      [--config.field=value ...] [--workdir=DIR] [--export_dir=DIR]
+
+The workdir holds TensorBoard logs (`tensorboard/`), checkpoints
+(`checkpoints/latest.keras`, `checkpoints/best.keras`), the `BackupAndRestore`
+state that lets a killed run resume where it stopped (`backup/`), the final
+model (`model.keras`) and its evaluation (`evaluation.txt`). The model is
+exported to `--export_dir`, by default `saved_models/<config.name>/`.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from tfmaml import cli
+from tfmaml import evaluation
+from tfmaml import experiment
+
+cli.define_flags()
+flags.DEFINE_string(
+    "export_dir",
+    None,
+    "Where the trained model is exported. Defaults to "
+    "saved_models/<config.name>.",
+)
+flags.DEFINE_integer(
+    "fit_verbose", 1, "Keras `fit` verbosity: 0 silent, 1 bar, 2 one line."
+)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import keras
+
+    config = FLAGS.config
+    workdir = cli.workdir(config)
+    export_dir = FLAGS.export_dir or os.path.join("saved_models", config.name)
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("Config:\n%s", config)
+    with open(os.path.join(workdir, "config.txt"), "w") as f:
+        f.write(str(config))
+
+    keras.utils.set_random_seed(config.seed)
+    splits = experiment.build_splits(config)
+    model = experiment.build_model(config)
+    model.summary(print_fn=logging.info)
+
+    checkpoints = os.path.join(workdir, "checkpoints")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "latest.keras")
+        ),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(checkpoints, "best.keras"),
+            monitor="val_loss",
+            save_best_only=True,
+        ),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    model.fit(
+        splits.train,
+        epochs=-(-config.total_steps // config.steps_per_epoch),
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=splits.validation,
+        callbacks=callbacks,
+        shuffle=False,  # A stream of fresh tasks; nothing to shuffle.
+        verbose=FLAGS.fit_verbose,
+    )
+    model.save(os.path.join(workdir, cli.MODEL_FILE))
+
+    results = evaluation.evaluate_adaptation(
+        model,
+        splits.test,
+        step_counts=tuple(config.eval_step_counts),
+        num_tasks=config.eval_tasks,
+    )
+    table = evaluation.format_results(results)
+    print(table)
+    with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
+        f.write(table + "\n")
+
+    os.makedirs(export_dir, exist_ok=True)
+    export_path = os.path.join(export_dir, cli.MODEL_FILE)
+    model.save(export_path)
+    print(f"Exported the trained model to {export_path}")
+
+
+if __name__ == "__main__":
+    app.run(main)
