@@ -12,6 +12,7 @@ ORDER = [
     "tfmaml.networks",
     "tfmaml.inner_loop",
     "tfmaml.model",
+    "tfmaml.export",
     "tfmaml.evaluation",
     "tfmaml.configs",
     "tfmaml.experiment",
@@ -36,7 +37,9 @@ def _rank(name):
 
 
 def _imports(tree):
-    for node in ast.walk(tree):
+    # Module-level imports only: a method may hand off to a later module
+    # (`MAML.export` -> `tfmaml.export`), as `keras.Model.export` does.
+    for node in tree.body:
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:

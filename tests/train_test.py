@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfmaml
 from tfmaml import cli
@@ -68,8 +69,8 @@ def test_train_then_evaluate_with_the_default_config(tmp_path):
     ):
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard" / "train").iterdir())
-    exported = tmp_path / "saved_models" / "sinusoid" / "model.keras"
-    assert exported.exists()
+    exported = tmp_path / "saved_models" / "sinusoid"
+    assert (exported / "saved_model.pb").exists()
 
     train_losses = _losses(trained.stdout)
     assert sorted(train_losses) == [0, 1, 5, 10]
@@ -85,11 +86,16 @@ def test_train_then_evaluate_with_the_default_config(tmp_path):
     png = (workdir / "sinusoid.png").read_bytes()
     assert png.startswith(b"\x89PNG")
 
-    model = keras.models.load_model(exported)
+    model = keras.models.load_model(workdir / "model.keras")
     assert isinstance(model, tfmaml.MAML)
     assert model.eval_inner_steps == 10
-    prediction = model.predict(np.zeros((3, 1), "float32"), verbose=0)
-    assert prediction.shape == (3, 1)
+    served = tf.saved_model.load(str(exported))
+    x = np.linspace(-5, 5, 6, dtype="float32")[:, None]
+    out = served.adapt_and_predict(support_x=x, support_y=x, query_x=x)
+    np.testing.assert_allclose(
+        out["predictions"], model.adapt(x, x)(x), atol=1e-5
+    )
+    assert int(out["inner_steps"]) == 10
 
 
 def test_a_bad_override_is_named(tmp_path):

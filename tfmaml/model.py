@@ -310,10 +310,7 @@ class MAML(keras.Model):
         """
         _check_label_rank(self.base_model, episode)
         weights = [tf.convert_to_tensor(v) for v in self._weights()]
-        state = [
-            tf.convert_to_tensor(v)
-            for v in self.base_model.non_trainable_variables
-        ]
+        state = self._state()
         has_labels = episode.query_y is not None
         elems = {
             "support_x": episode.support_x,
@@ -447,11 +444,88 @@ class MAML(keras.Model):
         _check_label_rank(self.base_model, episode)
         if steps not in self._adapt_functions:
             self._adapt_functions[steps] = tf.function(
-                lambda x, y: self._adapt_one(x, y, steps),
+                lambda x, y: self.adapted_weights(x, y, steps),
                 reduce_retracing=True,
             )
         fast = self._adapt_functions[steps](support_x, support_y)
         return self._clone_with_weights(fast, support_x)
+
+    def adapted_weights(self, support_x, support_y, steps: int) -> list:
+        """The fast weights after `steps` inner steps on one task's support
+        set, as tensors (first order: no second-order graph is kept).
+
+        The graph-level form of `adapt`, used by the exported
+        `adapt_and_predict` signature.
+        """
+        weights = [tf.convert_to_tensor(v) for v in self._weights()]
+        state = self._state()
+        return inner_loop.adapt(
+            lambda w, x, y: self._support_loss(w, state, x, y, False),
+            weights,
+            support_x,
+            support_y,
+            steps=steps,
+            learning_rate=self.inner_lr,
+            first_order=True,
+        )
+
+    def predict_with_weights(self, weights, x) -> tf.Tensor:
+        """Runs the base network in inference mode on other weights (for
+        example `adapted_weights`), leaving its variables untouched."""
+        predictions, _, _ = self._forward(weights, self._state(), x, False)
+        return predictions
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """Exports a SavedModel that adapts itself at serving time.
+
+        Signatures: `serving_default` (the meta-learned network) and
+        `adapt_and_predict` (the inner loop in the graph, then query
+        predictions); see `tfmaml.export`.
+
+        Args:
+            filepath: The SavedModel directory.
+            format: Only `"tf_saved_model"`.
+            verbose: Whether to print the signatures.
+            input_signature: Optional `tf.TensorSpec` of a batch of inputs,
+                `[None, ...]`; needed only for subclassed base networks.
+            **kwargs: Not supported; named in the error.
+
+        Raises:
+            ValueError: For another `format` or unknown arguments.
+        """
+        if format != "tf_saved_model":
+            raise ValueError(
+                "`MAML.export` writes TensorFlow SavedModels only. "
+                f"Received: format={format!r}"
+            )
+        if kwargs:
+            raise ValueError(
+                f"Unknown arguments to `MAML.export`: {sorted(kwargs)}"
+            )
+        from tfmaml import export  # The exporter builds on this module.
+
+        export.export_saved_model(
+            self,
+            filepath,
+            example_shape=(
+                None
+                if input_signature is None
+                else tuple(input_signature.shape[1:])
+            ),
+            dtype=(
+                "float32"
+                if input_signature is None
+                else tf.as_dtype(input_signature.dtype).name
+            ),
+            verbose=bool(verbose),
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -488,25 +562,15 @@ class MAML(keras.Model):
         penalty = tf.add_n(losses) if losses else 0.0
         return outputs, new_state, tf.cast(penalty, outputs.dtype)
 
-    def _support_loss(self, weights, state, x, y, training):
-        predictions, _, penalty = self._forward(weights, state, x, training)
-        return penalty + self.task_loss(y, predictions)
-
-    def _adapt_one(self, support_x, support_y, steps):
-        weights = [tf.convert_to_tensor(v) for v in self._weights()]
-        state = [
+    def _state(self):
+        return [
             tf.convert_to_tensor(v)
             for v in self.base_model.non_trainable_variables
         ]
-        return inner_loop.adapt(
-            lambda w, x, y: self._support_loss(w, state, x, y, False),
-            weights,
-            support_x,
-            support_y,
-            steps=steps,
-            learning_rate=self.inner_lr,
-            first_order=True,
-        )
+
+    def _support_loss(self, weights, state, x, y, training):
+        predictions, _, penalty = self._forward(weights, state, x, training)
+        return penalty + self.task_loss(y, predictions)
 
     def _clone_with_weights(self, fast, example_x):
         clone = keras.models.clone_model(self.base_model)

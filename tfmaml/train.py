@@ -8,7 +8,8 @@ The workdir holds TensorBoard logs (`tensorboard/`), checkpoints
 (`checkpoints/latest.keras`, `checkpoints/best.keras`), the `BackupAndRestore`
 state that lets a killed run resume where it stopped (`backup/`), the final
 model (`model.keras`) and its evaluation (`evaluation.txt`). The model is
-exported to `--export_dir`, by default `saved_models/<config.name>/`.
+exported as a SavedModel that adapts itself at serving time (see
+`tfmaml.export`) to `--export_dir`, by default `saved_models/<config.name>/`.
 """
 
 import os
@@ -88,10 +89,11 @@ def main(argv):
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")
 
-    os.makedirs(export_dir, exist_ok=True)
-    export_path = os.path.join(export_dir, cli.MODEL_FILE)
-    model.save(export_path)
-    print(f"Exported the trained model to {export_path}")
+    model.export(export_dir)
+    print(
+        f"Exported a SavedModel to {export_dir} (signatures "
+        "serving_default and adapt_and_predict)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Exports a `MAML` model as a SavedModel that adapts itself when served.
+
+The SavedModel holds only TensorFlow ops and the meta-learned variables, so
+`tf.saved_model.load` reads it in a process without tfmaml (or Keras), and
+`saved_model_cli` and TF Serving see its signatures:
+
+- `serving_default` (also `serve`): `x [N, ...]` -> the unadapted network's
+  `predictions` (plus `probabilities` for classification).
+- `adapt_and_predict`: one task's `support_x [S, ...]`, `support_y [S, ...]`
+  and `query_x [Q, ...]`, any S and Q -> `predictions` for the queries after
+  the model's `eval_inner_steps` inner SGD steps on the support set, run
+  inside the graph (plus `probabilities` for classification), and
+  `inner_steps`, the number of steps taken.
+"""
+
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tfmaml.model import MAML
+
+
+class LabelKind(NamedTuple):
+    """What a model's labels and outputs are, read off its compiled loss.
+
+    `sparse`: labels are class indices of rank output rank - 1.
+    `activation`: how to turn outputs into probabilities: `"softmax"`,
+    `"sigmoid"`, `"identity"` (outputs are probabilities) or `None`
+    (regression).
+    """
+
+    sparse: bool
+    activation: str | None
+
+
+def export_saved_model(
+    model: MAML,
+    filepath: str | os.PathLike,
+    *,
+    example_shape: Sequence[int] | None = None,
+    dtype: str = "float32",
+    verbose: bool = False,
+) -> None:
+    """Writes `model` as a SavedModel with an in-graph inner loop.
+
+    Args:
+        model: A compiled `MAML` model (the loss says whether the labels
+            are class indices, values or one-hot vectors).
+        filepath: The SavedModel directory to write.
+        example_shape: The shape of one input example. Defaults to the base
+            network's input shape, which Sequential and Functional networks
+            know; a subclassed network needs it.
+        dtype: The inputs' dtype. Defaults to `"float32"`.
+        verbose: Whether to print the signatures. Defaults to `False`.
+
+    Raises:
+        ValueError: If the model is not compiled, or the example shape is
+            unknown.
+    """
+    if not model.compiled:
+        raise ValueError(
+            "Compile the MAML model before exporting it: its loss tells "
+            "whether `support_y` holds class indices, values or one-hot "
+            "vectors."
+        )
+    example_shape = _example_shape(model.base_model, example_shape)
+    kind = label_kind(model.loss)
+    output_shape = model.base_model.compute_output_spec(
+        keras.KerasTensor((None, *example_shape), dtype=dtype)
+    ).shape[1:]
+    label_shape = output_shape[:-1] if kind.sparse else output_shape
+    label_dtype = tf.int32 if kind.sparse else tf.as_dtype(dtype)
+    steps = model.eval_inner_steps
+
+    def outputs(predictions):
+        result = {"predictions": predictions}
+        if kind.activation == "softmax":
+            result["probabilities"] = tf.nn.softmax(predictions, axis=-1)
+        elif kind.activation == "sigmoid":
+            result["probabilities"] = tf.sigmoid(predictions)
+        elif kind.activation == "identity":
+            result["probabilities"] = tf.identity(predictions)
+        return result
+
+    def serve(x):
+        return outputs(model.base_model(x, training=False))
+
+    def adapt_and_predict(support_x, support_y, query_x):
+        checks = [
+            tf.debugging.assert_positive(
+                tf.shape(support_x)[0],
+                message="support_x needs at least one example",
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(support_x)[0],
+                tf.shape(support_y)[0],
+                message="support_x and support_y need the same number of "
+                "examples (axis 0)",
+            ),
+        ]
+        if kind.sparse:
+            classes = output_shape[-1]
+            checks += [
+                tf.debugging.assert_non_negative(
+                    support_y, message="support_y holds a negative class"
+                ),
+                tf.debugging.assert_less(
+                    support_y,
+                    tf.constant(classes, support_y.dtype),
+                    message=f"support_y holds a class >= {classes}, the "
+                    "number of outputs",
+                ),
+            ]
+        with tf.control_dependencies(checks):
+            support_x = tf.identity(support_x)
+        fast = model.adapted_weights(support_x, support_y, steps)
+        result = outputs(model.predict_with_weights(fast, query_x))
+        result["inner_steps"] = tf.constant(steps, tf.int32)
+        return result
+
+    x_spec = tf.TensorSpec((None, *example_shape), tf.as_dtype(dtype))
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[x_spec])
+    archive.add_endpoint(
+        "adapt_and_predict",
+        adapt_and_predict,
+        input_signature=[
+            tf.TensorSpec((None, *example_shape), x_spec.dtype, "support_x"),
+            tf.TensorSpec((None, *label_shape), label_dtype, "support_y"),
+            tf.TensorSpec((None, *example_shape), x_spec.dtype, "query_x"),
+        ],
+    )
+    archive.write_out(os.fspath(filepath), verbose=verbose)
+
+
+def label_kind(loss) -> LabelKind:
+    """Reads the label format and output activation off a Keras loss."""
+    resolved = keras.losses.get(loss)
+    if isinstance(resolved, keras.losses.Loss):
+        name = resolved.name
+        from_logits = resolved.get_config().get("from_logits", False)
+    else:
+        name = getattr(resolved, "__name__", "")
+        from_logits = False
+    if "crossentropy" not in name:
+        return LabelKind(sparse=False, activation=None)
+    if from_logits:
+        activation = "sigmoid" if "binary" in name else "softmax"
+    else:
+        activation = "identity"
+    return LabelKind(sparse="sparse" in name, activation=activation)
+
+
+def _example_shape(base_model, example_shape):
+    if example_shape is not None:
+        return tuple(example_shape)
+    inputs = getattr(base_model, "inputs", None)
+    if inputs and len(inputs) == 1:
+        return tuple(inputs[0].shape[1:])
+    raise ValueError(
+        f"The base network {base_model.name!r} does not record its input "
+        "shape (a subclassed model?): pass `example_shape`, the shape of "
+        "one input example."
+    )
