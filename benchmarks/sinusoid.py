@@ -10,11 +10,11 @@ Usage:
 """
 
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import common  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -76,24 +76,17 @@ def main(argv):
             (name + ", K=5", {k: f"{v:.2f}" for k, v in figures.items()}, "")
         )
 
-    print(
-        f"command: python benchmarks/sinusoid.py --steps={FLAGS.steps} "
-        f"--shots={','.join(FLAGS.shots)}"
+    common.print_report(
+        (
+            "model",
+            *(f"MSE after {k} step{'s' * (k > 1)}" for k in STEP_COUNTS),
+            "training",
+        ),
+        [
+            (name, *(figures[k] for k in STEP_COUNTS), budget)
+            for name, figures, budget in rows
+        ],
     )
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}, keras {keras.__version__}"
-    )
-    header = (
-        "| model | "
-        + " | ".join(f"MSE after {k} step{'s' * (k > 1)}" for k in STEP_COUNTS)
-        + " | training |"
-    )
-    print(header)
-    print("|" + "---|" * (len(STEP_COUNTS) + 2))
-    for name, figures, budget in rows:
-        cells = " | ".join(figures[k] for k in STEP_COUNTS)
-        print(f"| {name} | {cells} | {budget} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import tfmaml
 # Each module may import only modules listed before it.
 ORDER = [
     "tfmaml.data.sinusoid",
+    "tfmaml.data.sources",
+    "tfmaml.data.episodes",
     "tfmaml.data",
     "tfmaml.networks",
     "tfmaml.inner_loop",

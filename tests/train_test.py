@@ -1,6 +1,7 @@
 """The `tfmaml.train` and `tfmaml.evaluate` command lines, end to end."""
 
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import tensorflow as tf
 import tfmaml
 from tfmaml import cli
 from tfmaml.configs import sinusoid
+
+CONFIGS = pathlib.Path(sinusoid.__file__).parent
 
 
 def _run(module, *args, cwd):
@@ -113,3 +116,43 @@ def test_evaluate_without_a_trained_model_says_what_to_run(tmp_path):
     result = _run("tfmaml.evaluate", "--workdir=nothing", cwd=tmp_path)
     assert result.returncode != 0
     assert "No trained model at nothing/model.keras" in result.stderr
+
+
+@pytest.mark.slow
+def test_omniglot_smoke_run_exports_a_model_that_takes_raw_images(tmp_path):
+    data_dir = (
+        pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
+    )
+    args = [
+        "--config=" + str(CONFIGS / "omniglot_5way_1shot.py") + ":smoke",
+        f"--config.data_dir={data_dir}",
+        "--workdir=run",
+        "--export_dir=exported",
+    ]
+    trained = _run("tfmaml.train", *args, "--fit_verbose=0", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    evaluated = _run("tfmaml.evaluate", *args[:-1], cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert re.search(
+        r"^\s+1 \|\s+8 \| [\d.]+ \+- [\d.]+ \| [\d.]+% \+-",
+        evaluated.stdout,
+        re.M,
+    )
+
+    # The export takes images as Omniglot stores them: 105x105, ink dark on
+    # white, uint8; it resizes and inverts them itself.
+    from tfmaml.data import sources
+
+    omniglot = sources.omniglot_from_archives(data_dir)
+    rows = np.concatenate([omniglot.class_starts[:5] + i for i in range(3)])
+    raw = omniglot.images[rows]
+    labels = np.tile(np.arange(5, dtype=np.int32), 3)
+    served = tf.saved_model.load(str(tmp_path / "exported"))
+    out = served.adapt_and_predict(
+        support_x=raw[:5], support_y=labels[:5], query_x=raw[5:]
+    )
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    prepare = tfmaml.data.preprocessing((28, 28), invert=True)
+    expected = model.adapt(prepare(raw[:5]), labels[:5])(prepare(raw[5:]))
+    np.testing.assert_allclose(out["predictions"], expected, atol=1e-5)
+    assert out["probabilities"].shape == (10, 5)

@@ -29,15 +29,20 @@ class Splits(NamedTuple):
     test: tf.data.Dataset
 
 
+TASKS = ("sinusoid", "omniglot")
+
+
 def build_splits(config: ml_collections.ConfigDict) -> Splits:
     """Returns the config's train, validation and test task streams.
 
     Raises:
         ValueError: If `config.task` is unknown.
     """
+    if config.task == "omniglot":
+        return _image_splits(config)
     if config.task != "sinusoid":
         raise ValueError(
-            f"Unknown `task` {config.task!r}; known tasks: ['sinusoid']."
+            f"Unknown `task` {config.task!r}; known tasks: {list(TASKS)}."
         )
 
     def stream(split, **kwargs):
@@ -69,8 +74,28 @@ def build_splits(config: ml_collections.ConfigDict) -> Splits:
     )
 
 
+def build_preprocessing(
+    config: ml_collections.ConfigDict,
+) -> keras.Model | None:
+    """The image preprocessing of the config (`None` for sinusoid)."""
+    if config.task == "sinusoid":
+        return None
+    return data.preprocessing(tuple(config.image_size), invert=config.invert)
+
+
+def raw_example_shape(config: ml_collections.ConfigDict) -> tuple | None:
+    """The shape of one example as the data set stores it, or `None`."""
+    if config.task == "omniglot":
+        return data.sources.OMNIGLOT_IMAGE_SHAPE
+    return None
+
+
 def build_network(config: ml_collections.ConfigDict) -> keras.Model:
     """Returns the config's base network, built."""
+    if config.network == "conv4":
+        return networks.conv4(
+            (*config.image_size, 1), config.num_ways, filters=config.filters
+        )
     if config.network == "mlp":
         return networks.mlp(
             (1,),
@@ -79,7 +104,8 @@ def build_network(config: ml_collections.ConfigDict) -> keras.Model:
             activation=config.activation,
         )
     raise ValueError(
-        f"Unknown `network` {config.network!r}; known networks: ['mlp']."
+        f"Unknown `network` {config.network!r}; known networks: "
+        "['mlp', 'conv4']."
     )
 
 
@@ -101,8 +127,51 @@ def compile_model(model: MAML, config: ml_collections.ConfigDict) -> None:
     """Compiles `model` with the config's optimizer, loss and metrics."""
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=config.loss,
+        loss=_loss(config.loss),
         metrics=list(config.metrics),
         steps_per_execution=config.steps_per_execution,
         jit_compile=config.jit_compile,
+    )
+
+
+def _loss(value):
+    """A loss named in a config: a Keras name, or a Keras config dict (e.g.
+    to set `from_logits`), resolved to an object so that it saves and
+    loads with the model."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return keras.losses.get(value.to_dict())
+    return value
+
+
+def _image_splits(config):
+    if config.data_dir:
+        source = data.sources.omniglot_from_archives(config.data_dir)
+    else:
+        source = data.sources.omniglot_from_tfds()
+    classes = data.sources.omniglot_splits(
+        source, split=config.split, seed=config.seed + 1
+    )
+    preprocess = build_preprocessing(config)
+
+    def stream(split, **kwargs):
+        return data.episodes(
+            data.prepare(getattr(classes, split), preprocess),
+            config.num_ways,
+            config.num_shots,
+            kwargs.pop("num_queries", config.num_queries),
+            kwargs.pop("meta_batch_size", config.meta_batch_size),
+            seed=config.seed + _SPLIT_SEED_OFFSETS[split],
+            **kwargs,
+        )
+
+    eval_batch = min(config.meta_batch_size, config.eval_tasks)
+    return Splits(
+        train=stream("train", rotations=config.rotations),
+        validation=stream("validation", num_batches=config.validation_batches),
+        test=stream(
+            "test",
+            num_queries=config.eval_num_queries,
+            meta_batch_size=eval_batch,
+            num_batches=-(-config.eval_tasks // eval_batch),
+        ),
     )

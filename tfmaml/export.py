@@ -42,6 +42,7 @@ def export_saved_model(
     *,
     example_shape: Sequence[int] | None = None,
     dtype: str = "float32",
+    preprocessing: keras.Model | None = None,
     verbose: bool = False,
 ) -> None:
     """Writes `model` as a SavedModel with an in-graph inner loop.
@@ -50,10 +51,16 @@ def export_saved_model(
         model: A compiled `MAML` model (the loss says whether the labels
             are class indices, values or one-hot vectors).
         filepath: The SavedModel directory to write.
-        example_shape: The shape of one input example. Defaults to the base
-            network's input shape, which Sequential and Functional networks
-            know; a subclassed network needs it.
-        dtype: The inputs' dtype. Defaults to `"float32"`.
+        example_shape: The shape of one input example as served. Defaults
+            to the base network's input shape, which Sequential and
+            Functional networks know; needed for a subclassed network or
+            with `preprocessing`.
+        dtype: The inputs' dtype. Defaults to `"float32"`; NumPy inputs of
+            another numeric dtype (e.g. uint8 images) are converted.
+        preprocessing: A Keras model applied to served inputs (support and
+            query) before the network, e.g. `tfmaml.data.preprocessing`:
+            the export then takes data as the data set stores it.
+            Defaults to none.
         verbose: Whether to print the signatures. Defaults to `False`.
 
     Raises:
@@ -66,10 +73,19 @@ def export_saved_model(
             "whether `support_y` holds class indices, values or one-hot "
             "vectors."
         )
+    if preprocessing is not None and example_shape is None:
+        raise ValueError(
+            "With `preprocessing`, pass `example_shape`: the shape of one "
+            "example before preprocessing."
+        )
     example_shape = _example_shape(model.base_model, example_shape)
     kind = label_kind(model.loss)
+
+    def prepare(x):
+        return x if preprocessing is None else preprocessing(x)
+
     output_shape = model.base_model.compute_output_spec(
-        keras.KerasTensor((None, *example_shape), dtype=dtype)
+        prepare(keras.KerasTensor((None, *example_shape), dtype=dtype))
     ).shape[1:]
     label_shape = output_shape[:-1] if kind.sparse else output_shape
     label_dtype = tf.int32 if kind.sparse else tf.as_dtype(dtype)
@@ -86,7 +102,7 @@ def export_saved_model(
         return result
 
     def serve(x):
-        return outputs(model.base_model(x, training=False))
+        return outputs(model.base_model(prepare(x), training=False))
 
     def adapt_and_predict(support_x, support_y, query_x):
         checks = [
@@ -116,14 +132,16 @@ def export_saved_model(
             ]
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
-        fast = model.adapted_weights(support_x, support_y, steps)
-        result = outputs(model.predict_with_weights(fast, query_x))
+        fast = model.adapted_weights(prepare(support_x), support_y, steps)
+        result = outputs(model.predict_with_weights(fast, prepare(query_x)))
         result["inner_steps"] = tf.constant(steps, tf.int32)
         return result
 
     x_spec = tf.TensorSpec((None, *example_shape), tf.as_dtype(dtype))
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if preprocessing is not None:
+        archive.track(preprocessing)
     archive.add_endpoint("serve", serve, input_signature=[x_spec])
     archive.add_endpoint(
         "adapt_and_predict",

@@ -481,6 +481,7 @@ class MAML(keras.Model):
         format="tf_saved_model",
         verbose=None,
         input_signature=None,
+        preprocessing=None,
         **kwargs,
     ):
         """Exports a SavedModel that adapts itself at serving time.
@@ -493,8 +494,11 @@ class MAML(keras.Model):
             filepath: The SavedModel directory.
             format: Only `"tf_saved_model"`.
             verbose: Whether to print the signatures.
-            input_signature: Optional `tf.TensorSpec` of a batch of inputs,
-                `[None, ...]`; needed only for subclassed base networks.
+            input_signature: Optional `tf.TensorSpec` of a batch of served
+                inputs, `[None, ...]`; needed for subclassed base networks
+                and with `preprocessing`.
+            preprocessing: Optional Keras model applied to served inputs
+                before the network (e.g. `tfmaml.data.preprocessing`).
             **kwargs: Not supported; named in the error.
 
         Raises:
@@ -524,6 +528,7 @@ class MAML(keras.Model):
                 if input_signature is None
                 else tf.as_dtype(input_signature.dtype).name
             ),
+            preprocessing=preprocessing,
             verbose=bool(verbose),
         )
 

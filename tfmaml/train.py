@@ -39,6 +39,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import keras
+    import tensorflow as tf
 
     config = FLAGS.config
     workdir = cli.workdir(config)
@@ -89,7 +90,16 @@ def main(argv):
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")
 
-    model.export(export_dir)
+    raw_shape = experiment.raw_example_shape(config)
+    model.export(
+        export_dir,
+        input_signature=(
+            None
+            if raw_shape is None
+            else tf.TensorSpec((None, *raw_shape), tf.float32)
+        ),
+        preprocessing=experiment.build_preprocessing(config),
+    )
     print(
         f"Exported a SavedModel to {export_dir} (signatures "
         "serving_default and adapt_and_predict)"

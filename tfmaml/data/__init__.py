@@ -1,7 +1,23 @@
 """Episode pipelines: `tf.data` datasets of meta-batches of tasks."""
 
+from tfmaml.data import sources
+from tfmaml.data.episodes import episodes
+from tfmaml.data.episodes import prepare
+from tfmaml.data.episodes import preprocessing
 from tfmaml.data.sinusoid import SinusoidTasks
 from tfmaml.data.sinusoid import sample_sinusoid_tasks
 from tfmaml.data.sinusoid import sinusoid
+from tfmaml.data.sources import ClassIndexedImages
+from tfmaml.data.sources import Splits
 
-__all__ = ["SinusoidTasks", "sample_sinusoid_tasks", "sinusoid"]
+__all__ = [
+    "ClassIndexedImages",
+    "SinusoidTasks",
+    "Splits",
+    "episodes",
+    "prepare",
+    "preprocessing",
+    "sample_sinusoid_tasks",
+    "sinusoid",
+    "sources",
+]

@@ -1,0 +1,23 @@
+"""What every benchmark prints: the command, the machine, a Markdown table."""
+
+import os
+import platform
+import sys
+from collections.abc import Sequence
+
+
+def print_report(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Prints the command line that ran, the machine, and the table."""
+    import keras
+    import tensorflow as tf
+
+    print("command: python " + " ".join(sys.argv))
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python "
+        f"{platform.python_version()}, tensorflow {tf.__version__}, keras "
+        f"{keras.__version__}"
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")

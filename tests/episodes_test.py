@@ -1,0 +1,156 @@
+"""Episode sampling: layout, the sampling contract, rotations, errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmaml import data
+from tfmaml.data import sources
+
+CLASSES, PER_CLASS = 12, 7
+
+
+def _id_source(classes=CLASSES, per_class=PER_CLASS, size=3):
+    """Image `i` is filled with the value `i`, so gathered images say which
+    example they are; the class of example `i` is `i // per_class`."""
+    ids = np.arange(classes * per_class, dtype=np.float32)
+    images = np.broadcast_to(
+        ids[:, None, None, None], (len(ids), size, size, 1)
+    )
+    return sources.from_arrays(
+        images.copy(), ids.astype(int) // per_class, name="ids"
+    )
+
+
+def _ids(images):
+    return images[..., 0, 0, 0].numpy().astype(int)
+
+
+def test_batches_have_the_maml_layout():
+    x, y = next(iter(data.episodes(_id_source(), 4, 2, 3, 5)))
+    assert x["support_x"].shape == (5, 8, 3, 3, 1)
+    assert x["support_y"].shape == (5, 8)
+    assert x["query_x"].shape == (5, 12, 3, 3, 1)
+    assert y.shape == (5, 12)
+    assert x["support_y"].dtype == tf.int32
+    np.testing.assert_array_equal(x["support_y"][0], np.repeat(np.arange(4), 2))
+
+
+def test_episodes_keep_the_sampling_contract():
+    dataset = data.episodes(_id_source(), 5, 2, 3, 8, seed=3, num_batches=20)
+    mappings = set()
+    for x, y in dataset:
+        support, query = _ids(x["support_x"]), _ids(x["query_x"])
+        for task in range(8):
+            s, q = support[task], query[task]
+            # No example is twice in a task, nor in both support and query.
+            assert len(set(s) | set(q)) == len(s) + len(q)
+            # One class per label, distinct classes per task.
+            classes = {}
+            for ids, labels in ((s, x["support_y"][task]), (q, y[task])):
+                for example, label in zip(ids, labels.numpy(), strict=True):
+                    classes.setdefault(int(label), set()).add(
+                        example // PER_CLASS
+                    )
+            assert all(len(c) == 1 for c in classes.values())
+            assert len({next(iter(c)) for c in classes.values()}) == 5
+            mappings.add(tuple(next(iter(classes[k])) for k in range(5)))
+    # Labels are assigned in a random order: many class orders appear.
+    assert len(mappings) > 100
+
+
+def test_every_class_and_example_is_drawn():
+    dataset = data.episodes(_id_source(), 3, 1, 1, 16, num_batches=40)
+    seen = set()
+    for x, _ in dataset:
+        seen |= set(_ids(x["support_x"]).ravel()) | set(
+            _ids(x["query_x"]).ravel()
+        )
+    assert seen == set(range(CLASSES * PER_CLASS))
+
+
+def test_the_stream_is_reproducible_from_its_seed():
+    def batches(seed):
+        dataset = data.episodes(
+            _id_source(), 3, 1, 2, 4, seed=seed, num_batches=3
+        )
+        return [_ids(x["query_x"]) for x, _ in dataset]
+
+    for a, b in zip(batches(5), batches(5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(batches(5)[0], batches(6)[0])
+
+
+def test_rotations_make_rotated_classes():
+    rng = np.random.default_rng(0)
+    images = rng.random((3 * 4, 5, 5, 1)).astype(np.float32)
+    source = sources.from_arrays(images, np.repeat(np.arange(3), 4))
+    x, _ = next(iter(data.episodes(source, 6, 2, 2, 16, rotations=True)))
+    rotations = [
+        [tf.image.rot90(images[i], k).numpy() for k in range(4)]
+        for i in range(len(images))
+    ]
+    turns_seen = set()
+    for task in range(16):
+        for way in range(6):
+            block = x["support_x"][task, 2 * way : 2 * way + 2].numpy()
+            matches = [
+                (i, k)
+                for image in block
+                for i in range(len(images))
+                for k in range(4)
+                if np.array_equal(image, rotations[i][k])
+            ]
+            assert len(matches) == 2
+            # Both support images of a class share its rotation.
+            assert matches[0][1] == matches[1][1]
+            turns_seen.add(matches[0][1])
+    assert turns_seen == {0, 1, 2, 3}
+
+
+def test_preprocessing_resizes_scales_and_inverts():
+    image = np.full((1, 105, 105, 1), 255, np.uint8)
+    image[0, :53] = 0  # Top half ink.
+    prepared = data.preprocessing((28, 28), invert=True)(image).numpy()
+    assert prepared.shape == (1, 28, 28, 1)
+    assert prepared[0, :13].min() == pytest.approx(1.0)
+    assert prepared[0, 15:].max() == pytest.approx(0.0)
+    plain = data.preprocessing()(image.astype(np.float32)).numpy()
+    np.testing.assert_allclose(plain, image / 255.0)
+
+
+def test_too_many_ways_names_the_split():
+    with pytest.raises(ValueError, match="'ids' has 12 classes.*num_ways=13"):
+        data.episodes(_id_source(), 13, 1, 1, 2)
+    data.episodes(_id_source(), 13, 1, 1, 2, rotations=True)  # 48 classes.
+
+
+def test_too_many_examples_names_the_class():
+    source = sources.from_arrays(
+        np.zeros((9, 2, 2, 1)), ["a"] * 5 + ["b"] * 4, name="tiny"
+    )
+    with pytest.raises(
+        ValueError, match="Class 'b' of split 'tiny' has 4.*= 5"
+    ):
+        data.episodes(source, 2, 2, 3, 1)
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("num_ways", 0),
+        ("num_shots", -1),
+        ("num_queries", 1.5),
+        ("meta_batch_size", 0),
+    ],
+)
+def test_bad_counts_are_named(argument, value):
+    counts = {
+        "num_ways": 2,
+        "num_shots": 1,
+        "num_queries": 1,
+        "meta_batch_size": 2,
+    }
+    counts[argument] = value
+    with pytest.raises(ValueError, match=f"{argument}={value}"):
+        data.episodes(_id_source(), **counts)

@@ -1,0 +1,235 @@
+"""N-way K-shot episodes gathered in the graph from class-indexed images.
+
+All images of a split live in one tensor, grouped by class (see
+`tfmaml.data.sources`). A meta-batch is drawn with a handful of vectorised
+ops: random scores ranked by `tf.math.top_k` pick distinct classes per task
+and distinct examples per class, and one `tf.gather` collects the images.
+Randomness is stateless and seeded by `(seed, batch index)`, so the stream is
+reproducible and batch `i` does not depend on what was read before it.
+"""
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmaml.data.sources import ClassIndexedImages
+
+
+def preprocessing(
+    image_size: Sequence[int] | None = None,
+    *,
+    invert: bool = False,
+    scale: float = 1.0 / 255.0,
+) -> keras.Sequential:
+    """The image preprocessing of a few-shot pipeline, as Keras layers.
+
+    Raw images (uint8 or float in [0, 255]) are resized, scaled to [0, 1]
+    and, with `invert`, inverted (Omniglot: ink becomes 1 on a 0
+    background). Being a Keras model, it can run inside an exported
+    SavedModel so that served images need no preprocessing by the caller.
+
+    Args:
+        image_size: `(height, width)` to resize to, with area interpolation.
+            Defaults to no resizing.
+        invert: Whether to map `x` to `1 - x` after scaling.
+            Defaults to `False`.
+        scale: Multiplies raw values. Defaults to `1/255`.
+
+    Returns:
+        A `keras.Sequential` (unbuilt; it builds on its first input).
+    """
+    layers = []
+    if image_size is not None:
+        height, width = image_size
+        layers.append(
+            keras.layers.Resizing(height, width, interpolation="area")
+        )
+    if invert:
+        layers.append(keras.layers.Rescaling(-scale, offset=1.0))
+    else:
+        layers.append(keras.layers.Rescaling(scale))
+    return keras.Sequential(layers, name="preprocessing")
+
+
+def prepare(
+    source: ClassIndexedImages,
+    preprocess: keras.Model | None = None,
+    *,
+    batch_size: int = 1024,
+) -> ClassIndexedImages:
+    """Applies `preprocess` once to every image of `source` (float32)."""
+    if preprocess is None:
+        return source
+    images = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(
+                preprocess(
+                    tf.cast(source.images[i : i + batch_size], tf.float32)
+                )
+            )
+            for i in range(0, len(source.images), batch_size)
+        ]
+    ).astype("float32")
+    return source._replace(images=images)
+
+
+def episodes(
+    source: ClassIndexedImages,
+    num_ways: int,
+    num_shots: int,
+    num_queries: int,
+    meta_batch_size: int,
+    *,
+    seed: int = 0,
+    rotations: bool = False,
+    num_batches: int | None = None,
+) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of meta-batches of N-way K-shot episodes.
+
+    Each task picks `num_ways` distinct classes (with `rotations`, a class
+    rotated by 90, 180 or 270 degrees is a class of its own), then
+    `num_shots + num_queries` distinct examples of each: the first
+    `num_shots` form the support set and the rest the query set, so no
+    example is in both. Classes are labelled `0..num_ways-1` in a random
+    order per task. Elements are `(x, y)` in the `tfmaml.MAML` layout:
+    `support_x [B, N*K, ...]`, `support_y [B, N*K]` (int32),
+    `query_x [B, N*Q, ...]` and `y [B, N*Q]`, examples ordered by label.
+
+    Args:
+        source: The split's images, already preprocessed (see `prepare`).
+        num_ways: Classes per task (N).
+        num_shots: Support examples per class (K).
+        num_queries: Query examples per class.
+        meta_batch_size: Tasks per element (B).
+        seed: Seeds the stream. Defaults to `0`.
+        rotations: Whether rotated classes are new classes (Omniglot
+            practice). Defaults to `False`.
+        num_batches: Number of elements; `None` (the default) repeats
+            forever.
+
+    Returns:
+        A `tf.data.Dataset`.
+
+    Raises:
+        ValueError: If the split has fewer classes than `num_ways`, a class
+            has fewer than `num_shots + num_queries` examples (the class is
+            named), or a count is not positive.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from tfmaml.data import sources
+    >>> images = np.random.rand(40, 8, 8, 1).astype("float32")
+    >>> split = sources.from_arrays(images, np.arange(40) % 5)
+    >>> x, y = next(iter(episodes(split, 3, 1, 2, meta_batch_size=4)))
+    >>> tuple(x["support_x"].shape), tuple(y.shape)
+    ((4, 3, 8, 8, 1), (4, 6))
+    """
+    for name, value in (
+        ("num_ways", num_ways),
+        ("num_shots", num_shots),
+        ("num_queries", num_queries),
+        ("meta_batch_size", meta_batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`{name}` must be an int >= 1. Received: {name}={value!r}"
+            )
+    if num_batches is not None and (
+        not isinstance(num_batches, int) or num_batches < 1
+    ):
+        raise ValueError(
+            "`num_batches` must be None or an int >= 1. "
+            f"Received: num_batches={num_batches!r}"
+        )
+    orientations = 4 if rotations else 1
+    num_classes = source.num_classes * orientations
+    if num_ways > num_classes:
+        raise ValueError(
+            f"Split {source.name!r} has {num_classes} classes"
+            f"{' (with rotations)' if rotations else ''}; an episode asks "
+            f"for num_ways={num_ways}."
+        )
+    per_class = num_shots + num_queries
+    smallest = int(np.argmin(source.class_sizes))
+    if source.class_sizes[smallest] < per_class:
+        raise ValueError(
+            f"Class {source.class_names[smallest]!r} of split {source.name!r} "
+            f"has {source.class_sizes[smallest]} examples; an episode needs "
+            f"num_shots + num_queries = {per_class} of every class."
+        )
+    if rotations and source.images.shape[1] != source.images.shape[2]:
+        raise ValueError(
+            f"Rotations need square images; split {source.name!r} has images "
+            f"of shape {source.images.shape[1:]}."
+        )
+
+    images = tf.constant(source.images)
+    starts = tf.constant(source.class_starts, tf.int64)
+    sizes = tf.constant(source.class_sizes, tf.int64)
+    max_size = int(source.class_sizes.max())
+
+    def make_batch(index):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), index]), num=2
+        )
+        class_scores = tf.random.stateless_uniform(
+            [meta_batch_size, num_classes], seeds[0]
+        )
+        chosen = tf.math.top_k(class_scores, num_ways).indices
+        chosen = tf.cast(chosen, tf.int64)
+        base, turns = chosen // orientations, chosen % orientations
+        example_scores = tf.random.stateless_uniform(
+            [meta_batch_size, num_ways, max_size], seeds[1]
+        )
+        # Positions past a class's size can never be picked.
+        valid = (
+            tf.range(max_size, dtype=tf.int64)
+            < tf.gather(sizes, base)[..., None]
+        )
+        example_scores = tf.where(valid, example_scores, -1.0)
+        picked = tf.cast(
+            tf.math.top_k(example_scores, per_class).indices, tf.int64
+        )
+        rows = tf.gather(starts, base)[..., None] + picked
+        x = tf.gather(images, rows)  # [B, N, K+Q, H, W, C]
+        if rotations:
+            x = _rotate(x, turns)
+        labels = tf.broadcast_to(
+            tf.range(num_ways, dtype=tf.int32)[None, :, None],
+            [meta_batch_size, num_ways, per_class],
+        )
+
+        def merge(t):
+            return tf.reshape(
+                t, tf.concat([[meta_batch_size, -1], tf.shape(t)[3:]], 0)
+            )
+
+        support = {
+            "support_x": merge(x[:, :, :num_shots]),
+            "support_y": merge(labels[:, :, :num_shots]),
+            "query_x": merge(x[:, :, num_shots:]),
+        }
+        return support, merge(labels[:, :, num_shots:])
+
+    indices = (
+        tf.data.Dataset.counter()
+        if num_batches is None
+        else tf.data.Dataset.range(num_batches)
+    )
+    return indices.map(
+        make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def _rotate(x, turns):
+    """Rotates each class's images `[B, N, E, H, W, C]` by `turns[b, n]`
+    quarter turns counter-clockwise, as `tf.image.rot90`."""
+    quarter = tf.reverse(tf.transpose(x, [0, 1, 2, 4, 3, 5]), axis=[3])
+    half = tf.reverse(x, axis=[3, 4])
+    three_quarters = tf.reverse(quarter, axis=[3, 4])
+    choices = tf.stack([x, quarter, half, three_quarters], axis=2)
+    index = tf.reshape(turns, [tf.shape(turns)[0], tf.shape(turns)[1], 1])
+    return tf.squeeze(tf.gather(choices, index, axis=2, batch_dims=2), axis=2)
