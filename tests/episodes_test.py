@@ -154,3 +154,25 @@ def test_bad_counts_are_named(argument, value):
     counts[argument] = value
     with pytest.raises(ValueError, match=f"{argument}={value}"):
         data.episodes(_id_source(), **counts)
+
+
+def test_datasets_and_arrays_are_sources_too():
+    images = np.arange(20, dtype=np.float32).reshape(20, 1, 1, 1)
+    labels = np.arange(20) % 4
+    from_arrays = data.episodes((images, labels), 2, 2, 2, 3, num_batches=1)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    from_dataset = data.episodes(dataset, 2, 2, 2, 3, num_batches=1)
+    for x, y in (next(iter(from_arrays)), next(iter(from_dataset))):
+        ids = _ids(x["support_x"])
+        labels_of = {int(i) % 4 for i in ids[0]}
+        assert len(labels_of) == 2 and y.shape == (3, 4)
+    with pytest.raises(TypeError, match="Received: list"):
+        data.episodes([images, labels], 2, 1, 1, 1)
+
+
+def test_preprocessing_normalises_per_channel():
+    image = np.full((1, 4, 4, 2), 51, np.uint8)  # 0.2 after scaling.
+    prepared = data.preprocessing(mean=[0.1, 0.2], std=[0.5, 0.25])(image)
+    np.testing.assert_allclose(prepared[0, 0, 0], [0.2, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="both `mean` and `std`"):
+        data.preprocessing(mean=0.5)

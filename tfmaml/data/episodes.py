@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmaml.data import sources
 from tfmaml.data.sources import ClassIndexedImages
 
 
@@ -22,6 +23,8 @@ def preprocessing(
     *,
     invert: bool = False,
     scale: float = 1.0 / 255.0,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
 ) -> keras.Sequential:
     """The image preprocessing of a few-shot pipeline, as Keras layers.
 
@@ -36,6 +39,9 @@ def preprocessing(
         invert: Whether to map `x` to `1 - x` after scaling.
             Defaults to `False`.
         scale: Multiplies raw values. Defaults to `1/255`.
+        mean: Per-channel mean subtracted after scaling (and inversion),
+            e.g. a data set's channel means. Defaults to none.
+        std: Per-channel standard deviation divided by, with `mean`.
 
     Returns:
         A `keras.Sequential` (unbuilt; it builds on its first input).
@@ -50,6 +56,17 @@ def preprocessing(
         layers.append(keras.layers.Rescaling(-scale, offset=1.0))
     else:
         layers.append(keras.layers.Rescaling(scale))
+    if (mean is None) != (std is None):
+        raise ValueError(
+            "Give both `mean` and `std` to normalise, or neither. "
+            f"Received: mean={mean}, std={std}"
+        )
+    if mean is not None:
+        layers.append(
+            keras.layers.Normalization(
+                mean=mean, variance=np.square(np.asarray(std, "float32"))
+            )
+        )
     return keras.Sequential(layers, name="preprocessing")
 
 
@@ -76,7 +93,7 @@ def prepare(
 
 
 def episodes(
-    source: ClassIndexedImages,
+    source,
     num_ways: int,
     num_shots: int,
     num_queries: int,
@@ -98,7 +115,10 @@ def episodes(
     `query_x [B, N*Q, ...]` and `y [B, N*Q]`, examples ordered by label.
 
     Args:
-        source: The split's images, already preprocessed (see `prepare`).
+        source: The split's labelled images, already preprocessed (see
+            `prepare`): a `ClassIndexedImages`, a finite `tf.data.Dataset`
+            of `(image, label)` (e.g. a TFDS split loaded with
+            `as_supervised=True`), or an `(images, labels)` pair of arrays.
         num_ways: Classes per task (N).
         num_shots: Support examples per class (K).
         num_queries: Query examples per class.
@@ -144,6 +164,7 @@ def episodes(
             "`num_batches` must be None or an int >= 1. "
             f"Received: num_batches={num_batches!r}"
         )
+    source = _as_class_indexed(source)
     orientations = 4 if rotations else 1
     num_classes = source.num_classes * orientations
     if num_ways > num_classes:
@@ -222,6 +243,20 @@ def episodes(
     return indices.map(
         make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def _as_class_indexed(source):
+    if isinstance(source, ClassIndexedImages):
+        return source
+    if isinstance(source, tf.data.Dataset):
+        return sources.from_dataset(source)
+    if isinstance(source, tuple) and len(source) == 2:
+        return sources.from_arrays(*source)
+    raise TypeError(
+        "`source` must be a ClassIndexedImages, a tf.data.Dataset of "
+        "(image, label) or an (images, labels) tuple. Received: "
+        f"{type(source).__name__}"
+    )
 
 
 def _rotate(x, turns):
