@@ -71,3 +71,39 @@ def test_meta_gradient_matches_the_analytic_second_order_form():
         np.testing.assert_allclose(
             meta_gradient, jacobian @ query_gradient, rtol=1e-11
         )
+
+
+def test_momentum_matches_the_heavy_ball_recursion():
+    x, y, w = _problem(4)
+    optimizer = inner_loop.Momentum(0.05, 0.9)
+    trajectory = inner_loop.adaptation_trajectory(
+        _least_squares, [w], x, y, steps=3, optimizer=optimizer
+    )
+    current, velocity = w, tf.zeros_like(w)
+    for step in range(1, 4):
+        gradient = 2.0 / 8 * tf.transpose(x) @ (x @ current - y)
+        velocity = 0.9 * velocity + gradient
+        current = current - 0.05 * velocity
+        np.testing.assert_allclose(trajectory[step][0], current, rtol=1e-11)
+
+
+def test_unadapted_weights_stay_and_rates_may_vary_per_step():
+    x, y, w = _problem(5)
+    bias = tf.constant([[0.5]], tf.float64)
+
+    def loss(weights, x, y):
+        return tf.reduce_mean(tf.square(x @ weights[0] + weights[1] - y))
+
+    trajectory = inner_loop.adaptation_trajectory(
+        loss,
+        [w, bias],
+        x,
+        y,
+        steps=2,
+        learning_rate=lambda step, index: [0.1, 0.01][step],
+        adapted=[True, False],
+    )
+    np.testing.assert_array_equal(trajectory[2][1], bias)
+    first = w - 0.1 * 2.0 / 8 * tf.transpose(x) @ (x @ w + bias - y)
+    second = first - 0.01 * 2.0 / 8 * tf.transpose(x) @ (x @ first + bias - y)
+    np.testing.assert_allclose(trajectory[2][0], second, rtol=1e-11)

@@ -14,6 +14,7 @@ ORDER = [
     "tfmaml.networks",
     "tfmaml.inner_loop",
     "tfmaml.model",
+    "tfmaml.algorithms",
     "tfmaml.export",
     "tfmaml.evaluation",
     "tfmaml.configs",

@@ -86,7 +86,9 @@ def _meta_loss(model, episode, steps, first_order):
 
 
 def _meta_gradient(model, episode, steps, first_order=False):
-    variables = model.base_model.trainable_variables
+    # All trainable variables: the network's and any learned inner-loop
+    # hyperparameters (learning rates, momentum).
+    variables = model.trainable_variables
     with tf.GradientTape() as tape:
         loss = _meta_loss(model, episode, steps, first_order)
     return [g.numpy() for g in tape.gradient(loss, variables)]
@@ -94,8 +96,8 @@ def _meta_gradient(model, episode, steps, first_order=False):
 
 def _finite_difference_gradient(model, episode, steps, epsilon=1e-6):
     gradients = []
-    for variable in model.base_model.trainable_variables:
-        original = variable.numpy()
+    for variable in model.trainable_variables:
+        original = np.array(variable.numpy())  # 0-d for scalars.
         gradient = np.zeros_like(original)
         for index in np.ndindex(original.shape):
             values = []

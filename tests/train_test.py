@@ -156,3 +156,44 @@ def test_omniglot_smoke_run_exports_a_model_that_takes_raw_images(tmp_path):
     expected = model.adapt(prepare(raw[:5]), labels[:5])(prepare(raw[5:]))
     np.testing.assert_allclose(out["predictions"], expected, atol=1e-5)
     assert out["probabilities"].shape == (10, 5)
+
+
+@pytest.mark.parametrize("algorithm", ["fomaml", "reptile", "meta_sgd", "anil"])
+def test_the_algorithm_is_one_config_field(algorithm):
+    from tfmaml import experiment
+
+    config = sinusoid.get_config("smoke")
+    config.algorithm = algorithm
+    model = experiment.build_model(config)
+    expected = {
+        "fomaml": tfmaml.MAML,
+        "reptile": tfmaml.Reptile,
+        "meta_sgd": tfmaml.MetaSGD,
+        "anil": tfmaml.ANIL,
+    }[algorithm]
+    assert type(model) is expected
+    assert model.first_order == (algorithm in ("fomaml", "reptile"))
+
+
+def test_maml_plus_plus_options_and_cosine_schedule_come_from_the_config():
+    from tfmaml import experiment
+
+    config = sinusoid.get_config("smoke")
+    config.inner_steps = 3
+    config.learn_inner_lr = "per_layer_per_step"
+    config.multi_step_loss_steps = 100
+    config.first_order_steps = 10
+    config.inner_momentum = 0.5
+    config.lr_schedule = "cosine"
+    model = experiment.build_model(config)
+    assert model.learn_inner_lr == "per_layer_per_step"
+    assert (model.multi_step_loss_steps, model.first_order_steps) == (100, 10)
+    assert model.inner_momentum == 0.5
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    assert float(optimizer.learning_rate) == pytest.approx(config.learning_rate)
+    optimizer.iterations.assign(config.total_steps)
+    assert float(optimizer.learning_rate) == pytest.approx(0.0)
+    config.algorithm = "maml_plus"
+    with pytest.raises(ValueError, match="'maml_plus'.*'anil'"):
+        experiment.build_model(config)

@@ -3,6 +3,9 @@
 from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks
+from tfmaml.algorithms import ANIL
+from tfmaml.algorithms import MetaSGD
+from tfmaml.algorithms import Reptile
 from tfmaml.model import MAML
 from tfmaml.model import Episode
 from tfmaml.model import TaskResults
@@ -11,7 +14,10 @@ from tfmaml.networks import BatchNormalization
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANIL",
     "MAML",
+    "MetaSGD",
+    "Reptile",
     "BatchNormalization",
     "Episode",
     "TaskResults",

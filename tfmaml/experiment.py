@@ -11,6 +11,7 @@ import keras
 import ml_collections
 import tensorflow as tf
 
+from tfmaml import algorithms
 from tfmaml import data
 from tfmaml import networks
 from tfmaml.model import MAML
@@ -109,15 +110,47 @@ def build_network(config: ml_collections.ConfigDict) -> keras.Model:
     )
 
 
+ALGORITHMS = {
+    "maml": MAML,
+    "fomaml": MAML,
+    "reptile": algorithms.Reptile,
+    "meta_sgd": algorithms.MetaSGD,
+    "anil": algorithms.ANIL,
+}
+
+
 def build_model(config: ml_collections.ConfigDict) -> MAML:
-    """Returns the config's `MAML` model, compiled for meta-training."""
-    model = MAML(
+    """Returns the config's model (`config.algorithm`), compiled.
+
+    Raises:
+        ValueError: If `config.algorithm` is unknown.
+    """
+    if config.algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"Unknown `algorithm` {config.algorithm!r}; known algorithms: "
+            f"{sorted(ALGORITHMS)}."
+        )
+    options = {}
+    if config.learn_inner_lr:
+        options["learn_inner_lr"] = config.learn_inner_lr
+    if config.inner_momentum:
+        options["inner_momentum"] = config.inner_momentum
+        options["learn_inner_momentum"] = config.learn_inner_momentum
+    if config.multi_step_loss_steps:
+        options["multi_step_loss_steps"] = config.multi_step_loss_steps
+    if config.first_order_steps:
+        options["first_order_steps"] = config.first_order_steps
+    if config.algorithm != "reptile":
+        options["first_order"] = (
+            config.first_order or config.algorithm == "fomaml"
+        )
+    model = ALGORITHMS[config.algorithm](
         build_network(config),
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps,
         eval_inner_steps=config.eval_inner_steps,
-        first_order=config.first_order,
         task_loop=config.task_loop,
+        **options,
     )
     compile_model(model, config)
     return model
@@ -125,8 +158,19 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
 
 def compile_model(model: MAML, config: ml_collections.ConfigDict) -> None:
     """Compiles `model` with the config's optimizer, loss and metrics."""
+    if config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.total_steps
+        )
+    elif config.lr_schedule == "constant":
+        learning_rate = config.learning_rate
+    else:
+        raise ValueError(
+            "`lr_schedule` must be 'constant' or 'cosine'. Received: "
+            f"lr_schedule={config.lr_schedule!r}"
+        )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=_loss(config.loss),
         metrics=list(config.metrics),
         steps_per_execution=config.steps_per_execution,

@@ -7,14 +7,85 @@ outer `tf.GradientTape` gives the second-order MAML meta-gradient; with
 `first_order=True` the inner gradients are cut from the graph, which is
 first-order MAML (the fast weights still depend on the initial weights
 through the identity, as in Finn et al. 2017, section 5.2).
+
+The update rule is an inner optimiser with the `init`/`update` protocol of
+optax: `SGD` (the default; its learning rate may differ per step and per
+weight, which covers Meta-SGD and MAML++'s learned rates) or `Momentum`.
+Both are differentiable, so their hyperparameters can be meta-learned.
 """
 
 from collections.abc import Callable
 from collections.abc import Sequence
+from typing import Any
+from typing import Protocol
 
 import tensorflow as tf
 
 SupportLoss = Callable[[list[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]
+# A learning rate: one number or tensor for all, or `rate(step, index)`
+# giving the rate (broadcastable to weight `index`) of inner step `step`.
+Rate = float | tf.Tensor | Callable[[int, int], Any]
+
+
+class InnerOptimizer(Protocol):
+    """An inner-loop update rule: `new_weight = weight - update`."""
+
+    def init(self, weights: Sequence[tf.Tensor]) -> Any:
+        """Returns the optimiser state for `weights`."""
+
+    def update(
+        self, gradients: Sequence[tf.Tensor], state: Any, step: int
+    ) -> tuple[list[tf.Tensor], Any]:
+        """Returns the updates to subtract and the new state."""
+
+
+class SGD:
+    """Plain gradient descent: `update = rate(step, i) * gradient`.
+
+    Args:
+        learning_rate: A number, or `rate(step, index)`.
+    """
+
+    def __init__(self, learning_rate: Rate):
+        self.learning_rate = learning_rate
+
+    def init(self, weights):
+        return ()
+
+    def update(self, gradients, state, step):
+        return [
+            _rate(self.learning_rate, step, i, g.dtype) * g
+            for i, g in enumerate(gradients)
+        ], state
+
+
+class Momentum:
+    """Heavy-ball momentum: `v = momentum * v + g; update = rate * v`.
+
+    Differentiable in `momentum` and the rate, so both can be meta-learned.
+
+    Args:
+        learning_rate: A number, or `rate(step, index)`.
+        momentum: The decay of the velocity, in [0, 1).
+    """
+
+    def __init__(self, learning_rate: Rate, momentum: float | tf.Tensor):
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+
+    def init(self, weights):
+        return [tf.zeros_like(w) for w in weights]
+
+    def update(self, gradients, state, step):
+        velocity = [
+            _as_dtype(self.momentum, g.dtype) * v + g
+            for v, g in zip(state, gradients, strict=True)
+        ]
+        updates = [
+            _rate(self.learning_rate, step, i, v.dtype) * v
+            for i, v in enumerate(velocity)
+        ]
+        return updates, velocity
 
 
 def adaptation_trajectory(
@@ -24,14 +95,15 @@ def adaptation_trajectory(
     support_y: tf.Tensor,
     *,
     steps: int,
-    learning_rate: float | tf.Tensor,
-    first_order: bool = False,
+    learning_rate: Rate | None = None,
+    optimizer: InnerOptimizer | None = None,
+    first_order: bool | tf.Tensor = False,
+    adapted: Sequence[bool] | None = None,
 ) -> list[list[tf.Tensor]]:
-    """Runs `steps` SGD steps on one task and returns every iterate.
+    """Runs `steps` inner steps on one task and returns every iterate.
 
-    The loop is unrolled in Python: `steps` is a small static number and an
-    unrolled loop is both the fastest form in graph mode and the only one a
-    nested tape differentiates without `tf.while_loop` gradient overhead.
+    The loop is unrolled in Python: `steps` is a small static number, and
+    an unrolled loop is the fastest form in graph mode.
 
     Args:
         loss_fn: `loss_fn(weights, x, y)` returns the scalar support loss of
@@ -40,29 +112,53 @@ def adaptation_trajectory(
         support_x: The task's support inputs.
         support_y: The task's support labels.
         steps: How many inner steps to take; 0 returns the initial weights.
-        learning_rate: The inner SGD step size.
-        first_order: If `True`, inner gradients are treated as constants
-            by any enclosing tape. Defaults to `False`.
+        learning_rate: Shorthand for `optimizer=SGD(learning_rate)`.
+        optimizer: The update rule. Give it or `learning_rate`.
+        first_order: If `True`, inner gradients are constants for any
+            enclosing tape. A boolean scalar tensor switches in the graph
+            (derivative-order annealing). Defaults to `False`.
+        adapted: Which weights the loop adapts; the others stay equal to
+            their initial values (ANIL adapts only the head). Defaults to
+            all.
 
     Returns:
         A list of `steps + 1` weight lists: the initial weights, then the
         weights after each step.
+
+    Raises:
+        ValueError: If neither or both of `learning_rate` and `optimizer`
+            are given, or `adapted` has the wrong length.
     """
+    if (learning_rate is None) == (optimizer is None):
+        raise ValueError(
+            "Give exactly one of `learning_rate` and `optimizer`. Received: "
+            f"learning_rate={learning_rate!r}, optimizer={optimizer!r}"
+        )
+    optimizer = optimizer or SGD(learning_rate)
     current = list(weights)
+    if adapted is None:
+        adapted = [True] * len(current)
+    if len(adapted) != len(current):
+        raise ValueError(
+            f"`adapted` needs one flag per weight ({len(current)}). "
+            f"Received {len(adapted)} flags"
+        )
+    index = [i for i, a in enumerate(adapted) if a]
+    state = optimizer.init([current[i] for i in index])
     trajectory = [current]
-    for _ in range(steps):
+    for step in range(steps):
+        moving = [current[i] for i in index]
         with tf.GradientTape() as tape:
-            tape.watch(current)
+            tape.watch(moving)
             loss = loss_fn(current, support_x, support_y)
         gradients = tape.gradient(
-            loss, current, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            loss, moving, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        if first_order:
-            gradients = [tf.stop_gradient(g) for g in gradients]
-        current = [
-            w - _as_dtype(learning_rate, w.dtype) * g
-            for w, g in zip(current, gradients, strict=True)
-        ]
+        gradients = [_maybe_stop(g, first_order) for g in gradients]
+        updates, state = optimizer.update(gradients, state, step)
+        current = list(current)
+        for i, update in zip(index, updates, strict=True):
+            current[i] = current[i] - update
         trajectory.append(current)
     return trajectory
 
@@ -72,25 +168,31 @@ def adapt(
     weights: Sequence[tf.Tensor],
     support_x: tf.Tensor,
     support_y: tf.Tensor,
-    *,
-    steps: int,
-    learning_rate: float | tf.Tensor,
-    first_order: bool = False,
+    **kwargs,
 ) -> list[tf.Tensor]:
-    """Returns the weights after `steps` inner SGD steps on one task.
+    """Returns the weights after the inner steps on one task.
 
-    The same as the last entry of `adaptation_trajectory`; see there for
-    the arguments.
+    The last entry of `adaptation_trajectory`; see there for the arguments.
     """
     return adaptation_trajectory(
-        loss_fn,
-        weights,
-        support_x,
-        support_y,
-        steps=steps,
-        learning_rate=learning_rate,
-        first_order=first_order,
+        loss_fn, weights, support_x, support_y, **kwargs
     )[-1]
+
+
+def _maybe_stop(gradient, first_order):
+    if isinstance(first_order, bool):
+        return tf.stop_gradient(gradient) if first_order else gradient
+    # In the graph: the value is the gradient either way; its own gradient
+    # is cut when `first_order` is true.
+    constant = tf.stop_gradient(gradient)
+    keep = 1.0 - tf.cast(first_order, gradient.dtype)
+    return constant + keep * (gradient - constant)
+
+
+def _rate(rate, step, index, dtype):
+    if callable(rate):
+        rate = rate(step, index)
+    return _as_dtype(rate, dtype)
 
 
 def _as_dtype(value, dtype):

@@ -9,6 +9,7 @@ on tensors passed through `Layer.stateless_call`.
 """
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
 
@@ -53,6 +54,7 @@ class TaskResults(NamedTuple):
     pre_loss: tf.Tensor | None
     pre_predictions: tf.Tensor
     state: list[tf.Tensor]
+    fast_weights: list[tf.Tensor] | None = None
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
@@ -133,6 +135,12 @@ class MAML(keras.Model):
         eval_inner_steps: int | None = None,
         first_order: bool = False,
         task_loop: str = "map",
+        inner_variables: Sequence[str] | None = None,
+        learn_inner_lr: str | None = None,
+        inner_momentum: float | None = None,
+        learn_inner_momentum: bool = False,
+        multi_step_loss_steps: int = 0,
+        first_order_steps: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -157,9 +165,23 @@ class MAML(keras.Model):
                 f"Received: task_loop={task_loop!r}"
             )
         self.task_loop = task_loop
+        self.inner_variables = (
+            None if inner_variables is None else list(inner_variables)
+        )
+        self._adapted = _adapted_mask(base_model, self.inner_variables)
+        self.learn_inner_lr = learn_inner_lr
+        self.inner_momentum = inner_momentum
+        self.learn_inner_momentum = learn_inner_momentum
+        self.multi_step_loss_steps = _check_steps(
+            "multi_step_loss_steps", multi_step_loss_steps
+        )
+        self.first_order_steps = _check_steps(
+            "first_order_steps", first_order_steps
+        )
+        self._create_inner_variables()
         self._pre_loss_tracker = keras.metrics.Mean(name="pre_loss")
         self._task_metrics = _TaskMetrics((), ())
-        self._adapt_functions = {}
+        self._adapt_functions = _FunctionCache()
         # train_step never calls self(...), so Keras would never mark the
         # wrapper built; the base network is built, so the wrapper is too.
         self.built = True
@@ -244,12 +266,12 @@ class MAML(keras.Model):
 
     def train_step(self, data):
         episode = self.episode_from_batch(data)
-        weights = self.base_model.trainable_variables
+        weights = self.trainable_variables
         with tf.GradientTape() as tape:
             results = self.solve_tasks(
                 episode,
                 steps=self.inner_steps,
-                first_order=self.first_order,
+                first_order=self._first_order_now(),
                 training=True,
             )
             loss = tf.reduce_mean(results.loss)
@@ -259,7 +281,11 @@ class MAML(keras.Model):
             scaled_loss = self.optimizer.scale_loss(
                 loss / tf.cast(replicas, loss.dtype)
             )
-        gradients = tape.gradient(scaled_loss, weights)
+        gradients = tape.gradient(
+            scaled_loss,
+            weights,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
         self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
         self._write_back_state(results.state)
         return self._update_metrics(episode, results)
@@ -293,6 +319,7 @@ class MAML(keras.Model):
         steps: int,
         first_order: bool,
         training: bool,
+        with_fast_weights: bool = False,
     ) -> TaskResults:
         """Adapts to every task of a meta-batch and predicts its queries.
 
@@ -304,6 +331,8 @@ class MAML(keras.Model):
             steps: Inner SGD steps per task.
             first_order: Whether inner gradients are constants.
             training: The `training` flag passed to the base network.
+            with_fast_weights: Whether to return every task's adapted
+                weights (`[tasks, ...]` each). Defaults to `False`.
 
         Returns:
             A `TaskResults` with per-task losses and predictions.
@@ -311,6 +340,12 @@ class MAML(keras.Model):
         _check_label_rank(self.base_model, episode)
         weights = [tf.convert_to_tensor(v) for v in self._weights()]
         state = self._state()
+        optimizer = self._inner_optimizer()
+        step_weights = (
+            self.multi_step_loss_weights(steps)
+            if training and self.multi_step_loss_steps and steps > 1
+            else None
+        )
         has_labels = episode.query_y is not None
         elems = {
             "support_x": episode.support_x,
@@ -323,17 +358,18 @@ class MAML(keras.Model):
             elems["sample_weight"] = episode.sample_weight
 
         def solve_task(task):
-            fast = inner_loop.adapt(
+            trajectory = inner_loop.adaptation_trajectory(
                 lambda w, x, y: self._support_loss(w, state, x, y, training),
                 weights,
                 task["support_x"],
                 task["support_y"],
                 steps=steps,
-                learning_rate=self.inner_lr,
+                optimizer=optimizer,
                 first_order=first_order,
+                adapted=self._adapted,
             )
             predictions, new_state, penalty = self._forward(
-                fast, state, task["query_x"], training
+                trajectory[-1], state, task["query_x"], training
             )
             pre_predictions, _, pre_penalty = self._forward(
                 weights, state, task["query_x"], training
@@ -344,11 +380,17 @@ class MAML(keras.Model):
                 "pre_predictions": pre_predictions,
                 "state": new_state,
             }
+            if with_fast_weights:
+                outputs["fast_weights"] = trajectory[-1]
             if has_labels:
                 weight = task.get("sample_weight")
                 outputs["loss"] = penalty + self.task_loss(
                     task["query_y"], predictions, weight
                 )
+                if step_weights is not None:
+                    outputs["loss"] = self._multi_step_loss(
+                        trajectory, step_weights, outputs["loss"], task, state
+                    )
                 outputs["pre_loss"] = tf.stop_gradient(
                     pre_penalty
                     + self.task_loss(task["query_y"], pre_predictions, weight)
@@ -356,6 +398,10 @@ class MAML(keras.Model):
             return outputs
 
         spec = self._output_signature(episode.query_x, has_labels)
+        if with_fast_weights:
+            spec["fast_weights"] = [
+                tf.TensorSpec(w.shape, w.dtype) for w in weights
+            ]
         outputs = _map_tasks(self.task_loop, solve_task, elems, spec)
         return TaskResults(
             loss=outputs.get("loss"),
@@ -363,6 +409,7 @@ class MAML(keras.Model):
             pre_loss=outputs.get("pre_loss"),
             pre_predictions=outputs["pre_predictions"],
             state=outputs["state"],
+            fast_weights=outputs.get("fast_weights"),
         )
 
     def episode_from_batch(self, data) -> Episode:
@@ -465,8 +512,9 @@ class MAML(keras.Model):
             support_x,
             support_y,
             steps=steps,
-            learning_rate=self.inner_lr,
+            optimizer=self._inner_optimizer(),
             first_order=True,
+            adapted=self._adapted,
         )
 
     def predict_with_weights(self, weights, x) -> tf.Tensor:
@@ -542,6 +590,12 @@ class MAML(keras.Model):
             "eval_inner_steps": self.eval_inner_steps,
             "first_order": self.first_order,
             "task_loop": self.task_loop,
+            "inner_variables": self.inner_variables,
+            "learn_inner_lr": self.learn_inner_lr,
+            "inner_momentum": self.inner_momentum,
+            "learn_inner_momentum": self.learn_inner_momentum,
+            "multi_step_loss_steps": self.multi_step_loss_steps,
+            "first_order_steps": self.first_order_steps,
         }
 
     @classmethod
@@ -552,7 +606,135 @@ class MAML(keras.Model):
         )
         return cls(base_model, **config)
 
+    def multi_step_loss_weights(self, steps: int) -> tf.Tensor:
+        """MAML++'s annealed weights of the query losses after each step.
+
+        They start uniform (`1/steps` each) and move linearly, over
+        `multi_step_loss_steps` meta-steps, to all weight on the last step;
+        the other steps keep a floor of `0.03/steps`, as in Antoniou et al.
+        (2019). Read at the optimizer's current iteration.
+
+        Returns:
+            A `[steps]` tensor that sums to 1.
+        """
+        progress = tf.minimum(
+            tf.cast(self.optimizer.iterations, tf.float32)
+            / float(max(self.multi_step_loss_steps, 1)),
+            1.0,
+        )
+        early = tf.maximum((1.0 - progress) / steps, 0.03 / steps)
+        early = tf.fill([steps - 1], early)
+        return tf.concat([early, [1.0 - tf.reduce_sum(early)]], axis=0)
+
     # Internals.
+
+    def _create_inner_variables(self):
+        """Creates the meta-learned inner-loop hyperparameters."""
+        adapted = [
+            v for v, a in zip(self._weights(), self._adapted, strict=True) if a
+        ]
+        self._element_rates = None
+        self._step_rates = None
+        self._momentum = None
+        if self.learn_inner_lr == "per_parameter":
+            self._element_rates = [
+                self.add_weight(
+                    shape=v.shape,
+                    initializer=keras.initializers.Constant(self.inner_lr),
+                    name=f"inner_lr_{i}",
+                )
+                for i, v in enumerate(adapted)
+            ]
+        elif self.learn_inner_lr == "per_layer_per_step":
+            if self.inner_steps == 0:
+                raise ValueError(
+                    "`learn_inner_lr='per_layer_per_step'` learns a rate per "
+                    "inner step and needs `inner_steps` >= 1. Received: "
+                    "inner_steps=0"
+                )
+            self._step_rates = self.add_weight(
+                shape=(self.inner_steps, len(adapted)),
+                initializer=keras.initializers.Constant(self.inner_lr),
+                name="inner_lr_per_step",
+            )
+        elif self.learn_inner_lr is not None:
+            raise ValueError(
+                "`learn_inner_lr` must be None, 'per_parameter' (Meta-SGD) "
+                "or 'per_layer_per_step' (MAML++). Received: "
+                f"learn_inner_lr={self.learn_inner_lr!r}"
+            )
+        if self.inner_momentum is None:
+            if self.learn_inner_momentum:
+                raise ValueError(
+                    "`learn_inner_momentum=True` needs an initial "
+                    "`inner_momentum`. Received: inner_momentum=None"
+                )
+            return
+        if not 0.0 <= self.inner_momentum < 1.0:
+            raise ValueError(
+                "`inner_momentum` must be in [0, 1). Received: "
+                f"inner_momentum={self.inner_momentum!r}"
+            )
+        if self.learn_inner_momentum:
+            self._momentum = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(self.inner_momentum),
+                name="inner_momentum",
+            )
+
+    def _inner_optimizer(self) -> inner_loop.InnerOptimizer:
+        """The inner update rule, reading learned hyperparameters (call it
+        inside the outer tape)."""
+        if self._element_rates is not None:
+            rates = [tf.convert_to_tensor(r) for r in self._element_rates]
+
+            def rate(step, index):
+                return rates[index]
+
+        elif self._step_rates is not None:
+            table = tf.convert_to_tensor(self._step_rates)
+            last = self.inner_steps - 1
+
+            def rate(step, index):
+                return table[min(step, last), index]
+
+        else:
+            rate = self.inner_lr
+        if self.inner_momentum is None:
+            return inner_loop.SGD(rate)
+        momentum = (
+            self.inner_momentum
+            if self._momentum is None
+            else tf.convert_to_tensor(self._momentum)
+        )
+        return inner_loop.Momentum(rate, momentum)
+
+    def _first_order_now(self):
+        """`first_order`, or, with derivative-order annealing, a tensor that
+        is true for the first `first_order_steps` meta-steps."""
+        if self.first_order or not self.first_order_steps:
+            return self.first_order
+        return self.optimizer.iterations < self.first_order_steps
+
+    def _multi_step_loss(
+        self, trajectory, step_weights, last_loss, task, state
+    ):
+        """The weighted sum of the query losses after every inner step."""
+        losses = []
+        for fast in trajectory[1:-1]:
+            predictions, _, penalty = self._forward(
+                fast, state, task["query_x"], True
+            )
+            losses.append(
+                penalty
+                + self.task_loss(
+                    task["query_y"], predictions, task.get("sample_weight")
+                )
+            )
+        losses.append(last_loss)
+        return tf.reduce_sum(
+            tf.cast(step_weights, last_loss.dtype) * tf.stack(losses)
+        )
 
     def _weights(self) -> list:
         """The variables the inner loop adapts and the outer loop learns."""
@@ -655,6 +837,24 @@ class MAML(keras.Model):
         return self.get_metrics_result()
 
 
+class _FunctionCache:
+    """`tf.function`s by key, out of sight of Keras and SavedModel tracking
+    (a dict attribute would be tracked, and its int keys refused on
+    export)."""
+
+    def __init__(self):
+        self._functions = {}
+
+    def __contains__(self, key):
+        return key in self._functions
+
+    def __getitem__(self, key):
+        return self._functions[key]
+
+    def __setitem__(self, key, function):
+        self._functions[key] = function
+
+
 class _TaskMetrics(NamedTuple):
     """Metrics after (`post`) and before (`pre`) adaptation, each a tuple
     of `(metric, weighted)` pairs. A tuple, so Keras does not track it as
@@ -753,6 +953,31 @@ def _build_metrics(metrics, weighted_metrics, prefix):
             )
         pairs += [(_build_metric(m, prefix), weighted) for m in values]
     return tuple(pairs)
+
+
+def _adapted_mask(base_model, layer_names):
+    """One flag per trainable variable of `base_model`: whether the inner
+    loop adapts it (all, or those of the layers named)."""
+    variables = base_model.trainable_variables
+    if layer_names is None:
+        return [True] * len(variables)
+    layers = {
+        layer.name: layer
+        for layer in base_model._flatten_layers(include_self=False)
+    }
+    unknown = [n for n in layer_names if n not in layers]
+    if unknown:
+        raise ValueError(
+            f"`inner_variables` names layers {unknown} that are not in "
+            f"`base_model`; its layers are {sorted(layers)}."
+        )
+    chosen = {id(v) for n in layer_names for v in layers[n].trainable_variables}
+    if not chosen:
+        raise ValueError(
+            f"The layers {list(layer_names)} named by `inner_variables` have "
+            "no trainable variables for the inner loop to adapt."
+        )
+    return [id(v) in chosen for v in variables]
 
 
 def _check_base_model(base_model, *, first_order):

@@ -15,6 +15,8 @@ the split by alphabet of the two small subsets (`split="auto"`).
 
 import ml_collections
 
+from tfmaml.configs import common
+
 
 def omniglot_config(
     *,
@@ -52,6 +54,7 @@ def omniglot_config(
     config.metrics = ("accuracy",)
 
     # Meta-learning.
+    common.add_algorithm_fields(config)
     config.inner_lr = inner_lr / num_shots
     config.inner_steps = inner_steps
     config.eval_inner_steps = eval_inner_steps

@@ -14,6 +14,8 @@ steps below the paper's 0.67 / 0.38 / 0.35 (K=5).
 
 import ml_collections
 
+from tfmaml.configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -34,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.metrics = ()
 
     # Meta-learning.
+    common.add_algorithm_fields(config)
     config.inner_lr = 0.01
     config.inner_steps = 1
     config.eval_inner_steps = 10

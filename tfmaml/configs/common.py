@@ -1,0 +1,26 @@
+"""Config fields every experiment has: the algorithm and its options."""
+
+import ml_collections
+
+
+def add_algorithm_fields(config: ml_collections.ConfigDict) -> None:
+    """Adds the algorithm choice and the MAML++ options, all off.
+
+    - `algorithm`: `maml`, `fomaml`, `reptile`, `meta_sgd` or `anil`.
+    - `learn_inner_lr`: `""`, `"per_parameter"` or `"per_layer_per_step"`.
+    - `inner_momentum`: `0.0` for plain SGD, else the inner momentum;
+      `learn_inner_momentum` meta-learns it.
+    - `multi_step_loss_steps`: meta-steps over which MAML++'s multi-step
+      loss anneals to the last step (0: off).
+    - `first_order_steps`: meta-steps of first-order training before
+      second order (derivative-order annealing; 0: off).
+    - `lr_schedule`: `"constant"` or `"cosine"` (Keras `CosineDecay` of the
+      meta learning rate to 0 over `total_steps`).
+    """
+    config.algorithm = "maml"
+    config.learn_inner_lr = ""
+    config.inner_momentum = 0.0
+    config.learn_inner_momentum = False
+    config.multi_step_loss_steps = 0
+    config.first_order_steps = 0
+    config.lr_schedule = "constant"
