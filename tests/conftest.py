@@ -15,8 +15,14 @@ def _seed():
 
 @pytest.fixture
 def float64():
-    """Builds layers and losses in float64 for finite-difference checks."""
-    previous = keras.config.floatx()
+    """Builds layers and losses in float64 for finite-difference checks.
+
+    Sets the global dtype policy too: once anything has set it (loading or
+    exporting a model does), it takes precedence over `floatx`.
+    """
+    previous = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(previous)
+    keras.config.set_floatx(previous[0])
+    keras.config.set_dtype_policy(previous[1])

@@ -7,12 +7,16 @@ import tfmaml
 
 # Each module may import only modules listed before it.
 ORDER = [
+    "tfmaml.checks",
+    "tfmaml.data.streams",
     "tfmaml.data.sinusoid",
     "tfmaml.data.sources",
     "tfmaml.data.episodes",
     "tfmaml.data",
     "tfmaml.networks",
     "tfmaml.inner_loop",
+    "tfmaml.batches",
+    "tfmaml.task_metrics",
     "tfmaml.model",
     "tfmaml.algorithms",
     "tfmaml.export",

@@ -2,10 +2,12 @@
 
 import os
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from tfmaml import configs
+from tfmaml import evaluation
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "sinusoid.py")
 MODEL_FILE = "model.keras"
@@ -32,3 +34,24 @@ def define_flags() -> None:
 def workdir(config) -> str:
     """The `--workdir` flag, or `workdirs/<config.name>`."""
     return flags.FLAGS.workdir or os.path.join("workdirs", config.name)
+
+
+def check_no_arguments(argv) -> None:
+    """Refuses positional arguments: everything is a flag."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+
+
+def evaluate_and_report(model, config, test, workdir) -> None:
+    """Evaluates on the test tasks after `config.eval_step_counts` inner
+    steps, prints the table and writes it to `workdir/evaluation.txt`."""
+    results = evaluation.evaluate_adaptation(
+        model,
+        test,
+        step_counts=tuple(config.eval_step_counts),
+        num_tasks=config.eval_tasks,
+    )
+    table = evaluation.format_results(results)
+    print(table)
+    with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
+        f.write(table + "\n")

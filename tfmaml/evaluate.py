@@ -17,7 +17,6 @@ from absl import app
 from absl import flags
 
 from tfmaml import cli
-from tfmaml import evaluation
 from tfmaml import experiment
 
 cli.define_flags()
@@ -25,8 +24,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.check_no_arguments(argv)
     import keras
 
     config = FLAGS.config
@@ -39,16 +37,7 @@ def main(argv):
         )
     model = keras.models.load_model(path)
     splits = experiment.build_splits(config)
-    results = evaluation.evaluate_adaptation(
-        model,
-        splits.test,
-        step_counts=tuple(config.eval_step_counts),
-        num_tasks=config.eval_tasks,
-    )
-    table = evaluation.format_results(results)
-    print(table)
-    with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
-        f.write(table + "\n")
+    cli.evaluate_and_report(model, config, splits.test, workdir)
     if config.task == "sinusoid":
         _plot_sinusoid(model, config, os.path.join(workdir, "sinusoid.png"))
 

@@ -16,12 +16,16 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tfmaml import batches
 from tfmaml import inner_loop
+from tfmaml import task_metrics
+from tfmaml.batches import EPISODE_KEYS
+from tfmaml.batches import QUERY_X
+from tfmaml.batches import SUPPORT_X
+from tfmaml.batches import SUPPORT_Y
+from tfmaml.batches import Episode
+from tfmaml.checks import check_int
 
-SUPPORT_X = "support_x"
-SUPPORT_Y = "support_y"
-QUERY_X = "query_x"
-EPISODE_KEYS = (SUPPORT_X, SUPPORT_Y, QUERY_X)
 TASK_LOOPS = ("map", "vectorized", "unrolled")
 
 # Keras layers whose second derivative is wrong (they compute the variance
@@ -32,14 +36,7 @@ _WRONG_SECOND_DERIVATIVE = (
 )
 
 
-class Episode(NamedTuple):
-    """A validated meta-batch: tensors with a leading task axis."""
-
-    support_x: tf.Tensor
-    support_y: tf.Tensor
-    query_x: tf.Tensor
-    query_y: tf.Tensor | None
-    sample_weight: tf.Tensor | None
+__all__ = ["EPISODE_KEYS", "Episode", "MAML", "TASK_LOOPS", "TaskResults"]
 
 
 class TaskResults(NamedTuple):
@@ -180,7 +177,7 @@ class MAML(keras.Model):
         )
         self._create_inner_variables()
         self._pre_loss_tracker = keras.metrics.Mean(name="pre_loss")
-        self._task_metrics = _TaskMetrics((), ())
+        self._task_metrics = task_metrics.TaskMetrics((), ())
         self._adapt_functions = _FunctionCache()
         # train_step never calls self(...), so Keras would never mark the
         # wrapper built; the base network is built, so the wrapper is too.
@@ -235,10 +232,14 @@ class MAML(keras.Model):
             jit_compile=jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
-        self._example_loss = _per_example_loss(loss)
-        self._task_metrics = _TaskMetrics(
-            post=_build_metrics(metrics, weighted_metrics, prefix=""),
-            pre=_build_metrics(metrics, weighted_metrics, prefix="pre_"),
+        self._example_loss = task_metrics.per_example_loss(loss)
+        self._task_metrics = task_metrics.TaskMetrics(
+            post=task_metrics.build_metrics(
+                metrics, weighted_metrics, prefix=""
+            ),
+            pre=task_metrics.build_metrics(
+                metrics, weighted_metrics, prefix="pre_"
+            ),
         )
         # Keras' compiled loss and metrics would see the whole meta-batch as
         # one batch; tfmaml applies the loss and metrics per task itself.
@@ -304,7 +305,7 @@ class MAML(keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not isinstance(x, Mapping):
             return self.base_model(x, training=False)
-        episode = _check_episode(x, None, None, require_labels=False)
+        episode = batches.check_episode(x, None, None, require_labels=False)
         return self.solve_tasks(
             episode,
             steps=self.eval_inner_steps,
@@ -337,7 +338,7 @@ class MAML(keras.Model):
         Returns:
             A `TaskResults` with per-task losses and predictions.
         """
-        _check_label_rank(self.base_model, episode)
+        batches.check_label_rank(self.base_model, episode)
         weights = [tf.convert_to_tensor(v) for v in self._weights()]
         state = self._state()
         optimizer = self._inner_optimizer()
@@ -420,7 +421,7 @@ class MAML(keras.Model):
                 does not fit the batch layout of the class docstring.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        return _check_episode(x, y, sample_weight)
+        return batches.check_episode(x, y, sample_weight)
 
     def task_loss(self, y_true, y_pred, sample_weight=None) -> tf.Tensor:
         """The compiled loss of one task: the mean of per-example values.
@@ -479,7 +480,7 @@ class MAML(keras.Model):
         support_x = tf.convert_to_tensor(support_x)
         support_y = tf.convert_to_tensor(support_y)
         # Reuse the meta-batch checks on a batch of one task.
-        episode = _check_episode(
+        episode = batches.check_episode(
             {
                 SUPPORT_X: support_x[None],
                 SUPPORT_Y: support_y[None],
@@ -488,7 +489,7 @@ class MAML(keras.Model):
             support_y[None],
             None,
         )
-        _check_label_rank(self.base_model, episode)
+        batches.check_label_rank(self.base_model, episode)
         if steps not in self._adapt_functions:
             self._adapt_functions[steps] = tf.function(
                 lambda x, y: self.adapted_weights(x, y, steps),
@@ -819,17 +820,17 @@ class MAML(keras.Model):
         self._pre_loss_tracker.update_state(
             tf.reduce_mean(results.pre_loss), sample_weight=tasks
         )
-        y_true = _merge_task_axis(episode.query_y)
+        y_true = batches.merge_task_axis(episode.query_y)
         weight = (
             None
             if episode.sample_weight is None
-            else _merge_task_axis(episode.sample_weight)
+            else batches.merge_task_axis(episode.sample_weight)
         )
         for metrics, predictions in (
             (self._task_metrics.post, results.predictions),
             (self._task_metrics.pre, results.pre_predictions),
         ):
-            y_pred = _merge_task_axis(predictions)
+            y_pred = batches.merge_task_axis(predictions)
             for metric, weighted in metrics:
                 metric.update_state(
                     y_true, y_pred, sample_weight=weight if weighted else None
@@ -855,15 +856,6 @@ class _FunctionCache:
         self._functions[key] = function
 
 
-class _TaskMetrics(NamedTuple):
-    """Metrics after (`post`) and before (`pre`) adaptation, each a tuple
-    of `(metric, weighted)` pairs. A tuple, so Keras does not track it as
-    state of the (already built) model."""
-
-    post: tuple
-    pre: tuple
-
-
 def _map_tasks(task_loop, fn, elems, signature):
     """Applies `fn` to every task (slice along axis 0) of `elems`."""
     if task_loop == "map":
@@ -882,77 +874,6 @@ def _map_tasks(task_loop, fn, elems, signature):
         for i in range(tasks)
     ]
     return tf.nest.map_structure(lambda *t: tf.stack(t), *outputs)
-
-
-def _merge_task_axis(tensor):
-    """`[tasks, examples, ...]` -> `[tasks * examples, ...]`."""
-    return tf.reshape(tensor, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0))
-
-
-def _per_example_loss(loss):
-    """Resolves a Keras loss identifier to `fn(y_true, y_pred)` returning
-    per-example (unreduced) values."""
-    resolved = keras.losses.get(loss)
-    if isinstance(resolved, keras.losses.Loss):
-        return resolved.call
-    if callable(resolved):
-        return lambda y_true, y_pred: resolved(*_align_ranks(y_true, y_pred))
-    raise ValueError(
-        f"Could not interpret the loss {loss!r}: pass a Keras loss name, "
-        "a `keras.losses.Loss` or a function `fn(y_true, y_pred)`."
-    )
-
-
-def _align_ranks(y_true, y_pred):
-    """Gives labels `[n]` and predictions `[n, 1]` (or the reverse) the same
-    rank, as Keras' loss classes do before calling a loss function."""
-    if y_true.shape.rank + 1 == y_pred.shape.rank and y_pred.shape[-1] == 1:
-        y_true = y_true[..., None]
-    elif y_pred.shape.rank + 1 == y_true.shape.rank and y_true.shape[-1] == 1:
-        y_pred = y_pred[..., None]
-    return y_true, y_pred
-
-
-def _accuracy(y_true, y_pred):
-    """ "accuracy" resolved the way Keras resolves it, from static shapes."""
-    if y_pred.shape[-1] == 1:
-        return keras.metrics.binary_accuracy(y_true, y_pred)
-    if y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] != 1:
-        return keras.metrics.categorical_accuracy(y_true, y_pred)
-    return keras.metrics.sparse_categorical_accuracy(y_true, y_pred)
-
-
-def _build_metric(identifier, prefix):
-    if identifier in ("accuracy", "acc"):
-        return keras.metrics.MeanMetricWrapper(
-            _accuracy, name=f"{prefix}{identifier}"
-        )
-    metric = keras.metrics.get(identifier)
-    if isinstance(metric, keras.metrics.Metric):
-        if not prefix:
-            return metric
-        config = metric.get_config()
-        config["name"] = prefix + metric.name
-        return type(metric).from_config(config)
-    name = getattr(metric, "__name__", str(identifier))
-    return keras.metrics.MeanMetricWrapper(metric, name=prefix + name)
-
-
-def _build_metrics(metrics, weighted_metrics, prefix):
-    pairs = []
-    for argument, values, weighted in (
-        ("metrics", metrics, False),
-        ("weighted_metrics", weighted_metrics, True),
-    ):
-        if values is None:
-            continue
-        if not isinstance(values, (list, tuple)):
-            raise ValueError(
-                f"`{argument}` must be a list for `MAML` (the base network "
-                f"has one output). Received: {argument}={values!r}"
-            )
-        pairs += [(_build_metric(m, prefix), weighted) for m in values]
-    return tuple(pairs)
 
 
 def _adapted_mask(base_model, layer_names):
@@ -1028,108 +949,4 @@ def _check_learning_rate(name, value):
 
 
 def _check_steps(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int. Received: {name}={value!r}")
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
-    return value
-
-
-def _check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
-    """Validates a meta-batch's structure and static shapes."""
-    if not isinstance(x, Mapping):
-        raise ValueError(
-            f"A MAML batch `x` must be a dict with keys {list(EPISODE_KEYS)}"
-            f". Received: x of type {type(x).__name__}"
-        )
-    missing = [k for k in EPISODE_KEYS if k not in x]
-    unknown = sorted(set(x) - set(EPISODE_KEYS))
-    if missing or unknown:
-        raise ValueError(
-            f"A MAML batch `x` must have exactly the keys "
-            f"{list(EPISODE_KEYS)}; missing: {missing}, unknown: {unknown}. "
-            f"Received keys: {sorted(x)}"
-        )
-    if y is None and require_labels:
-        raise ValueError(
-            "A MAML batch needs `y`, the query labels `[tasks, queries, ...]`"
-            ". Received: y=None"
-        )
-    tensors = {k: tf.convert_to_tensor(x[k]) for k in EPISODE_KEYS}
-    if y is not None:
-        tensors["query_y"] = tf.convert_to_tensor(y)
-    if sample_weight is not None:
-        tensors["sample_weight"] = tf.convert_to_tensor(sample_weight)
-    for key, tensor in tensors.items():
-        if tensor.shape.rank is None or tensor.shape.rank < 2:
-            raise ValueError(
-                f"`{key}` must have a task and an example axis, "
-                f"[tasks, examples, ...]. Received: {key}.shape={tensor.shape}"
-            )
-    _check_same_dim(tensors, list(tensors), axis=0, what="task count")
-    _check_same_dim(
-        tensors, [SUPPORT_X, SUPPORT_Y], axis=1, what="support size"
-    )
-    query_keys = [
-        k for k in ("query_x", "query_y", "sample_weight") if k in tensors
-    ]
-    _check_same_dim(tensors, query_keys, axis=1, what="query size")
-    if tensors[SUPPORT_X].shape[2:] != tensors[QUERY_X].shape[2:]:
-        raise ValueError(
-            "`support_x` and `query_x` must have the same example shape. "
-            f"Received: support_x.shape={tensors[SUPPORT_X].shape}, "
-            f"query_x.shape={tensors[QUERY_X].shape}"
-        )
-    if "query_y" in tensors and (
-        tensors[SUPPORT_Y].shape.rank != tensors["query_y"].shape.rank
-    ):
-        raise ValueError(
-            "`support_y` and the query labels `y` must have the same rank. "
-            f"Received: support_y.shape={tensors[SUPPORT_Y].shape}, "
-            f"y.shape={tensors['query_y'].shape}"
-        )
-    if "sample_weight" in tensors and tensors["sample_weight"].shape.rank != 2:
-        raise ValueError(
-            "`sample_weight` must weigh each query example: shape "
-            "[tasks, queries]. Received: "
-            f"sample_weight.shape={tensors['sample_weight'].shape}"
-        )
-    return Episode(
-        support_x=tensors[SUPPORT_X],
-        support_y=tensors[SUPPORT_Y],
-        query_x=tensors[QUERY_X],
-        query_y=tensors.get("query_y"),
-        sample_weight=tensors.get("sample_weight"),
-    )
-
-
-def _check_same_dim(tensors, keys, *, axis, what):
-    sizes = {k: tensors[k].shape[axis] for k in keys}
-    known = {s for s in sizes.values() if s is not None}
-    if len(known) > 1:
-        shapes = ", ".join(f"{k}.shape={tensors[k].shape}" for k in keys)
-        raise ValueError(
-            f"{', '.join(f'`{k}`' for k in keys)} must have the same {what} "
-            f"(axis {axis}). Received: {shapes}"
-        )
-
-
-def _check_label_rank(base_model, episode):
-    """Labels have the prediction's rank, or one less (class indices)."""
-    spec = base_model.compute_output_spec(
-        keras.KerasTensor(
-            episode.support_x.shape[1:], dtype=episode.support_x.dtype.name
-        )
-    )
-    rank = len(spec.shape)
-    for key, labels in ((SUPPORT_Y, episode.support_y), ("y", episode.query_y)):
-        if labels is None:
-            continue
-        label_rank = labels.shape.rank - 1  # Without the task axis.
-        if label_rank not in (rank, rank - 1):
-            raise ValueError(
-                f"`{key}` has the wrong rank for the base network's output "
-                f"of shape {tuple(spec.shape)} per task: a task's labels "
-                f"need rank {rank} (values, one-hot) or {rank - 1} (class "
-                f"indices). Received: {key}.shape={labels.shape}"
-            )
+    return check_int(name, value, minimum=0)

@@ -19,7 +19,6 @@ from absl import flags
 from absl import logging
 
 from tfmaml import cli
-from tfmaml import evaluation
 from tfmaml import experiment
 
 cli.define_flags()
@@ -36,8 +35,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.check_no_arguments(argv)
     import keras
     import tensorflow as tf
 
@@ -79,16 +77,7 @@ def main(argv):
     )
     model.save(os.path.join(workdir, cli.MODEL_FILE))
 
-    results = evaluation.evaluate_adaptation(
-        model,
-        splits.test,
-        step_counts=tuple(config.eval_step_counts),
-        num_tasks=config.eval_tasks,
-    )
-    table = evaluation.format_results(results)
-    print(table)
-    with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
-        f.write(table + "\n")
+    cli.evaluate_and_report(model, config, splits.test, workdir)
 
     raw_shape = experiment.raw_example_shape(config)
     model.export(

@@ -3,14 +3,18 @@
 A task is `y = amplitude * sin(x - phase)` with the amplitude drawn from
 U[0.1, 5], the phase from U[0, pi] and inputs from U[-5, 5]. Meta-batches are
 drawn in the TensorFlow graph with stateless random ops seeded by
-`(seed, batch index)`, so the stream is reproducible and batch `i` is the same
-whatever was read before it (which makes resuming a run exact).
+`(seed, batch index)` (see `tfmaml.data.streams`).
 """
 
 import math
 from typing import NamedTuple
 
 import tensorflow as tf
+
+from tfmaml.checks import check_int
+from tfmaml.checks import check_optional_int
+from tfmaml.data.streams import batch_seeds
+from tfmaml.data.streams import indexed_stream
 
 
 class SinusoidTasks(NamedTuple):
@@ -107,7 +111,7 @@ def sinusoid(
         A `tf.data.Dataset` of `(x, y)` pairs.
 
     Raises:
-        ValueError: If a count is not positive or a range is empty.
+        ValueError: If a count is not a positive int or a range is empty.
 
     Example:
 
@@ -117,22 +121,10 @@ def sinusoid(
     ((4, 5, 1), (4, 5, 1))
     """
     num_queries = num_shots if num_queries is None else num_queries
-    for name, value in (
-        ("num_shots", num_shots),
-        ("num_queries", num_queries),
-        ("meta_batch_size", meta_batch_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"`{name}` must be an int >= 1. Received: {name}={value!r}"
-            )
-    if num_batches is not None and (
-        not isinstance(num_batches, int) or num_batches < 1
-    ):
-        raise ValueError(
-            "`num_batches` must be None or an int >= 1. "
-            f"Received: num_batches={num_batches!r}"
-        )
+    check_int("num_shots", num_shots, minimum=1)
+    check_int("num_queries", num_queries, minimum=1)
+    check_int("meta_batch_size", meta_batch_size, minimum=1)
+    check_optional_int("num_batches", num_batches, minimum=1)
     for name, (low, high) in (
         ("amplitude_range", amplitude_range),
         ("phase_range", phase_range),
@@ -146,7 +138,7 @@ def sinusoid(
 
     def make_batch(index):
         tasks = sample_sinusoid_tasks(
-            tf.stack([tf.constant(seed, tf.int64), index]),
+            batch_seeds(seed, index, 1)[0],
             num_shots=num_shots,
             num_queries=num_queries,
             meta_batch_size=meta_batch_size,
@@ -161,14 +153,7 @@ def sinusoid(
         }
         return x, tasks.query_y
 
-    indices = (
-        tf.data.Dataset.counter()
-        if num_batches is None
-        else tf.data.Dataset.range(num_batches)
-    )
-    return indices.map(
-        make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    ).prefetch(tf.data.AUTOTUNE)
+    return indexed_stream(make_batch, num_batches)
 
 
 def _scale(unit, bounds):

@@ -1,0 +1,184 @@
+"""Every algorithm of the MAML family on sinusoid and Omniglot, same budget.
+
+For each algorithm, meta-trains `configs/sinusoid.py` (K=10) for
+`--sinusoid_steps` meta-batches and `configs/omniglot_5way_1shot.py` on the
+Omniglot subset split for `--omniglot_minutes` of wall time, then prints the
+600-task test MSE or accuracy (95% CI) after the config's test-time inner
+steps, meta-training tasks/s, and peak memory (RSS). Each run is its own
+subprocess, so peak memory is that run's alone.
+
+Algorithms: maml, fomaml, reptile (5 inner steps, its usual setting),
+meta_sgd, anil, and maml++ (MAML with learned per-layer per-step rates, the
+multi-step loss annealed over half the budget, first order for the first
+tenth, cosine meta learning rate; 2 inner steps so the multi-step loss has
+something to weigh).
+
+Usage:
+  python benchmarks/algorithms.py [--sinusoid_steps=10000]
+      [--omniglot_minutes=2] [--data_dir=DIR]
+"""
+
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import common  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+DEFAULT_DATA = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
+)
+ALGORITHMS = ("maml", "fomaml", "reptile", "meta_sgd", "anil", "maml++")
+flags.DEFINE_integer("sinusoid_steps", 10_000, "Sinusoid meta-batches.")
+flags.DEFINE_float("omniglot_minutes", 2.0, "Omniglot training wall time.")
+flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Omniglot archives.")
+flags.DEFINE_list("algorithms", list(ALGORITHMS), "Algorithms to run.")
+flags.DEFINE_list("tasks", ["sinusoid", "omniglot"], "Task families to run.")
+flags.DEFINE_string("one", "", "Internal: run one 'task:algorithm'.")
+FLAGS = flags.FLAGS
+
+
+def _config(task, algorithm):
+    if task == "sinusoid":
+        from tfmaml.configs import sinusoid
+
+        config = sinusoid.get_config()
+        config.total_steps = FLAGS.sinusoid_steps
+    else:
+        from tfmaml.configs import omniglot_5way_1shot
+
+        config = omniglot_5way_1shot.get_config()
+        config.data_dir = FLAGS.data_dir
+        config.steps_per_epoch = 10
+        # For the schedules: about the steps the time budget allows.
+        config.total_steps = max(10, int(FLAGS.omniglot_minutes * 20))
+    if algorithm == "maml++":
+        config.inner_steps = max(config.inner_steps, 2)
+        config.learn_inner_lr = "per_layer_per_step"
+        config.multi_step_loss_steps = config.total_steps // 2
+        config.first_order_steps = config.total_steps // 10
+        config.lr_schedule = "cosine"
+    else:
+        config.algorithm = algorithm
+    if algorithm == "reptile":
+        config.inner_steps = 5
+    return config
+
+
+def _run_one(task, algorithm):
+    import keras
+
+    from tfmaml import evaluation
+    from tfmaml import experiment
+
+    config = _config(task, algorithm)
+    keras.utils.set_random_seed(config.seed)
+    splits = experiment.build_splits(config)
+    model = experiment.build_model(config)
+
+    class Budget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            limit = 60 * FLAGS.omniglot_minutes
+            if task == "omniglot" and time.perf_counter() - self.start > limit:
+                self.model.stop_training = True
+
+    start = time.perf_counter()
+    model.fit(
+        splits.train,
+        epochs=-(-config.total_steps // config.steps_per_epoch),
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=[Budget()],
+        shuffle=False,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    steps = int(model.optimizer.iterations)
+    (result,) = evaluation.evaluate_adaptation(
+        model,
+        splits.test,
+        step_counts=(config.eval_inner_steps,),
+        num_tasks=config.eval_tasks,
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "task": task,
+                "algorithm": algorithm,
+                "inner_steps": f"{config.inner_steps} / {result.steps}",
+                "budget": f"{steps} x {config.meta_batch_size} tasks, "
+                f"{seconds:.0f} s",
+                "tasks_per_s": steps * config.meta_batch_size / seconds,
+                "loss": result.loss,
+                "loss_ci95": result.loss_ci95,
+                "accuracy": result.accuracy,
+                "accuracy_ci95": result.accuracy_ci95,
+                "peak_mib": peak,
+            }
+        )
+    )
+
+
+def main(argv):
+    del argv
+    if FLAGS.one:
+        _run_one(*FLAGS.one.split(":"))
+        return
+    rows = []
+    for task in FLAGS.tasks:
+        for algorithm in FLAGS.algorithms:
+            args = [a for a in sys.argv[1:] if not a.startswith("--one")]
+            output = subprocess.run(
+                [sys.executable, __file__, *args, f"--one={task}:{algorithm}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            print(json.dumps(result), flush=True)
+            if result["accuracy"] is None:
+                metric = (
+                    f"MSE {result['loss']:.3f} +- {result['loss_ci95']:.3f}"
+                )
+            else:
+                metric = (
+                    f"acc. {100 * result['accuracy']:.1f}% +- "
+                    f"{100 * result['accuracy_ci95']:.1f}%"
+                )
+            rows.append(
+                (
+                    task,
+                    algorithm,
+                    result["inner_steps"],
+                    result["budget"],
+                    metric,
+                    f"{result['tasks_per_s']:.1f}",
+                    f"{result['peak_mib']:.0f}",
+                )
+            )
+    common.print_report(
+        (
+            "task",
+            "algorithm",
+            "inner steps train / test",
+            "meta-training",
+            "test, 600 tasks (95% CI)",
+            "tasks/s",
+            "peak RSS MiB",
+        ),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,32 @@
+"""Endless or bounded streams of meta-batches, seeded by their index.
+
+Every pipeline draws batch `i` from stateless random ops seeded by
+`(seed, i)`: the stream is reproducible, and batch `i` does not depend on
+what was read before it, which makes resuming a run at batch `i` exact.
+"""
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+
+def indexed_stream(
+    make_batch: Callable[[tf.Tensor], object], num_batches: int | None
+) -> tf.data.Dataset:
+    """Maps batch indices `0, 1, ...` (`num_batches` of them, or forever)
+    through `make_batch`, in parallel and in order, prefetched."""
+    indices = (
+        tf.data.Dataset.counter()
+        if num_batches is None
+        else tf.data.Dataset.range(num_batches)
+    )
+    return indices.map(
+        make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def batch_seeds(seed: int, index: tf.Tensor, count: int) -> tf.Tensor:
+    """`count` independent stateless seeds for batch `index`."""
+    return tf.random.experimental.stateless_split(
+        tf.stack([tf.constant(seed, tf.int64), index]), num=count
+    )
