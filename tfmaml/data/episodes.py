@@ -106,60 +106,61 @@ def episodes(
     seed: int = 0,
     rotations: bool = False,
     num_batches: int | None = None,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of meta-batches of N-way K-shot episodes.
 
-        Each task picks `num_ways` distinct classes (with `rotations`, a class
-        rotated by 90, 180 or 270 degrees is a class of its own), then
-        `num_shots + num_queries` distinct examples of each: the first
-        `num_shots` form the support set and the rest the query set, so no
-        example is in both. Classes are labelled `0..num_ways-1` in a random
-        order per task. Elements are `(x, y)` in the `tfmaml.MAML` layout:
-        `support_x [B, N*K, ...]`, `support_y [B, N*K]` (int32),
-        `query_x [B, N*Q, ...]` and `y [B, N*Q]`, examples ordered by label.
+    Each task picks `num_ways` distinct classes (with `rotations`, a class
+    rotated by 90, 180 or 270 degrees is a class of its own), then
+    `num_shots + num_queries` distinct examples of each: the first
+    `num_shots` form the support set and the rest the query set, so no
+    example is in both. Classes are labelled `0..num_ways-1` in a random
+    order per task. Elements are `(x, y)` in the `tfmaml.MAML` layout:
+    `support_x [B, N*K, ...]`, `support_y [B, N*K]` (int32),
+    `query_x [B, N*Q, ...]` and `y [B, N*Q]`, examples ordered by label.
 
-        Args:
-            source: The split's labelled images, already preprocessed (see
-                `prepare`): a `ClassIndexedImages`, a finite `tf.data.Dataset`
-                of `(image, label)` (e.g. a TFDS split loaded with
-                `as_supervised=True`), or an `(images, labels)` pair of arrays.
-            num_ways: Classes per task (N).
-            num_shots: Support examples per class (K).
-            num_queries: Query examples per class.
-            meta_batch_size: Tasks per element (B).
-            seed: Seeds the stream. Defaults to `0`.
-            rotations: Whether rotated classes are new classes (Omniglot
-                practice). Defaults to `False`.
-            num_batches: Number of elements; `None` (the default) repeats
-                forever.
+    Args:
+        source: The split's labelled images, already preprocessed (see
+            `prepare`): a `ClassIndexedImages`, a finite `tf.data.Dataset`
+            of `(image, label)` (e.g. a TFDS split loaded with
+            `as_supervised=True`), or an `(images, labels)` pair of arrays.
+        num_ways: Classes per task (N).
+        num_shots: Support examples per class (K).
+        num_queries: Query examples per class.
+        meta_batch_size: Tasks per element (B).
+        seed: Seeds the stream. Defaults to `0`.
+        rotations: Whether rotated classes are new classes (Omniglot
+            practice). Defaults to `False`.
+        num_batches: Number of elements; `None` (the default) repeats
+            forever.
+        start: The index of the first element: a stream started at
+            `i` gives exactly the elements `i, i + 1, ...` of one
+            started at 0 (how a resumed run continues). Defaults to 0.
 
-        Returns:
-            A `tf.data.Dataset`.
+    Returns:
+        A `tf.data.Dataset`.
 
-        Raises:
-            ValueError: If the split has fewer classes than `num_ways`, a class
-                has fewer than `num_shots + num_queries` examples (the class is
-                named), or a count is not a positive int.
+    Raises:
+        ValueError: If the split has fewer classes than `num_ways`, a class
+            has fewer than `num_shots + num_queries` examples (the class is
+            named), or a count is not a positive int.
 
-        Example:
+    Example:
 
-        >>> import numpy as np
-        >>> from tfmaml.checks import check_int
-    from tfmaml.checks import check_optional_int
-    from tfmaml.data import sources
-    from tfmaml.data.streams import batch_seeds
-    from tfmaml.data.streams import indexed_stream
-        >>> images = np.random.rand(40, 8, 8, 1).astype("float32")
-        >>> split = sources.from_arrays(images, np.arange(40) % 5)
-        >>> x, y = next(iter(episodes(split, 3, 1, 2, meta_batch_size=4)))
-        >>> tuple(x["support_x"].shape), tuple(y.shape)
-        ((4, 3, 8, 8, 1), (4, 6))
+    >>> import numpy as np
+    >>> from tfmaml.data import sources
+    >>> images = np.random.rand(40, 8, 8, 1).astype("float32")
+    >>> split = sources.from_arrays(images, np.arange(40) % 5)
+    >>> x, y = next(iter(episodes(split, 3, 1, 2, meta_batch_size=4)))
+    >>> tuple(x["support_x"].shape), tuple(y.shape)
+    ((4, 3, 8, 8, 1), (4, 6))
     """
     check_int("num_ways", num_ways, minimum=1)
     check_int("num_shots", num_shots, minimum=1)
     check_int("num_queries", num_queries, minimum=1)
     check_int("meta_batch_size", meta_batch_size, minimum=1)
     check_optional_int("num_batches", num_batches, minimum=1)
+    check_int("start", start, minimum=0)
     source = _as_class_indexed(source)
     orientations = 4 if rotations else 1
     num_classes = source.num_classes * orientations
@@ -229,7 +230,7 @@ def episodes(
         }
         return support, merge(labels[:, :, num_shots:])
 
-    return indexed_stream(make_batch, num_batches)
+    return indexed_stream(make_batch, num_batches, start)
 
 
 def _as_class_indexed(source):

@@ -85,6 +85,7 @@ def sinusoid(
     meta_batch_size: int = 25,
     seed: int = 0,
     num_batches: int | None = None,
+    start: int = 0,
     amplitude_range: tuple[float, float] = (0.1, 5.0),
     phase_range: tuple[float, float] = (0.0, math.pi),
     input_range: tuple[float, float] = (-5.0, 5.0),
@@ -103,6 +104,9 @@ def sinusoid(
         seed: Seeds the whole stream. Defaults to `0`.
         num_batches: Number of elements; `None` (the default) repeats
             forever.
+        start: The index of the first element: a stream started at `i`
+            gives exactly the elements `i, i + 1, ...` of one started at 0
+            (how a resumed run continues where it stopped). Defaults to 0.
         amplitude_range: Defaults to `(0.1, 5.0)`.
         phase_range: Defaults to `(0, pi)`.
         input_range: Defaults to `(-5, 5)`.
@@ -125,6 +129,7 @@ def sinusoid(
     check_int("num_queries", num_queries, minimum=1)
     check_int("meta_batch_size", meta_batch_size, minimum=1)
     check_optional_int("num_batches", num_batches, minimum=1)
+    check_int("start", start, minimum=0)
     for name, (low, high) in (
         ("amplitude_range", amplitude_range),
         ("phase_range", phase_range),
@@ -153,7 +158,7 @@ def sinusoid(
         }
         return x, tasks.query_y
 
-    return indexed_stream(make_batch, num_batches)
+    return indexed_stream(make_batch, num_batches, start)
 
 
 def _scale(unit, bounds):

@@ -11,14 +11,16 @@ import tensorflow as tf
 
 
 def indexed_stream(
-    make_batch: Callable[[tf.Tensor], object], num_batches: int | None
+    make_batch: Callable[[tf.Tensor], object],
+    num_batches: int | None,
+    start: int = 0,
 ) -> tf.data.Dataset:
-    """Maps batch indices `0, 1, ...` (`num_batches` of them, or forever)
-    through `make_batch`, in parallel and in order, prefetched."""
+    """Maps batch indices `start, start + 1, ...` (up to `num_batches`, or
+    forever) through `make_batch`, in parallel and in order, prefetched."""
     indices = (
-        tf.data.Dataset.counter()
+        tf.data.Dataset.counter(start)
         if num_batches is None
-        else tf.data.Dataset.range(num_batches)
+        else tf.data.Dataset.range(start, num_batches)
     )
     return indices.map(
         make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

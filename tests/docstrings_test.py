@@ -1,0 +1,21 @@
+"""The examples in public docstrings run and give what they show."""
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "tfmaml.model",
+        "tfmaml.networks",
+        "tfmaml.data.sinusoid",
+        "tfmaml.data.episodes",
+    ],
+)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(module), verbose=False)
+    assert result.attempted > 0
+    assert result.failed == 0
