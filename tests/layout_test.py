@@ -19,6 +19,7 @@ ORDER = [
     "tfmaml.task_metrics",
     "tfmaml.model",
     "tfmaml.algorithms",
+    "tfmaml.training",
     "tfmaml.export",
     "tfmaml.evaluation",
     "tfmaml.configs",

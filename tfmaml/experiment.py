@@ -33,14 +33,71 @@ class Splits(NamedTuple):
 TASKS = ("sinusoid", "omniglot")
 
 
-def build_splits(config: ml_collections.ConfigDict) -> Splits:
+def build_strategy(
+    config: ml_collections.ConfigDict,
+) -> tf.distribute.Strategy:
+    """The config's `tf.distribute` strategy.
+
+    The meta-batch is split along the task axis across replicas, so
+    `meta_batch_size` must divide by their number.
+
+    Raises:
+        ValueError: If `config.strategy` is unknown or the meta-batch does
+            not divide by the number of replicas.
+    """
+    if config.strategy == "default":
+        strategy = tf.distribute.get_strategy()
+    elif config.strategy == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    elif config.strategy == "multi_worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    else:
+        raise ValueError(
+            "`strategy` must be 'default', 'mirrored' or 'multi_worker'. "
+            f"Received: strategy={config.strategy!r}"
+        )
+    check_meta_batch(strategy, config.meta_batch_size)
+    return strategy
+
+
+def check_meta_batch(
+    strategy: tf.distribute.Strategy, meta_batch_size: int
+) -> None:
+    """Each replica adapts an equal share of the meta-batch's tasks.
+
+    Raises:
+        ValueError: If `meta_batch_size` does not divide by the replicas.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if meta_batch_size % replicas:
+        raise ValueError(
+            f"`meta_batch_size` ({meta_batch_size}) must divide by the "
+            f"{replicas} replicas of {type(strategy).__name__}: each replica "
+            "adapts an equal share of the tasks."
+        )
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's outputs (worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver is None or not resolver.task_id
+
+
+def build_splits(
+    config: ml_collections.ConfigDict, *, train_start: int = 0
+) -> Splits:
     """Returns the config's train, validation and test task streams.
+
+    Args:
+        config: The experiment config.
+        train_start: The index of the first training meta-batch (a resumed
+            run continues at its step).
 
     Raises:
         ValueError: If `config.task` is unknown.
     """
     if config.task == "omniglot":
-        return _image_splits(config)
+        return _image_splits(config, train_start)
     if config.task != "sinusoid":
         raise ValueError(
             f"Unknown `task` {config.task!r}; known tasks: {list(TASKS)}."
@@ -59,6 +116,7 @@ def build_splits(config: ml_collections.ConfigDict) -> Splits:
             "train",
             num_queries=config.num_queries,
             meta_batch_size=config.meta_batch_size,
+            start=train_start,
         ),
         validation=stream(
             "validation",
@@ -187,7 +245,7 @@ def _loss(value):
     return value
 
 
-def _image_splits(config):
+def _image_splits(config, train_start):
     if config.data_dir:
         source = data.sources.omniglot_from_archives(config.data_dir)
     else:
@@ -210,7 +268,7 @@ def _image_splits(config):
 
     eval_batch = min(config.meta_batch_size, config.eval_tasks)
     return Splits(
-        train=stream("train", rotations=config.rotations),
+        train=stream("train", rotations=config.rotations, start=train_start),
         validation=stream("validation", num_batches=config.validation_batches),
         test=stream(
             "test",

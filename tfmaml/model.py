@@ -257,6 +257,16 @@ class MAML(keras.Model):
         # Optimizer variables must exist before `load_model` restores them.
         self.optimizer.build(self.trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds the model, compiled loss and metrics symbolically from
+        # a first batch here, reducing that batch across workers, which
+        # fails for a dict under MultiWorkerMirroredStrategy. A MAML model is
+        # built at construction and builds its metrics in `compile`: only
+        # the optimizer is left to build, under the model's strategy.
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         if not self.compiled:
@@ -835,7 +845,18 @@ class MAML(keras.Model):
                 metric.update_state(
                     y_true, y_pred, sample_weight=weight if weighted else None
                 )
-        return self.get_metrics_result()
+        logs = self.get_metrics_result()
+        if isinstance(
+            tf.distribute.get_strategy(),
+            tf.distribute.MultiWorkerMirroredStrategy,
+        ):
+            # Keras reduces step logs across workers with
+            # `strategy.reduce("MEAN", log, axis=0)`, which fails for scalars
+            # (tensorflow#72388); as 1-vectors they reduce to the mean.
+            logs = {
+                name: tf.reshape(value, [1]) for name, value in logs.items()
+            }
+        return logs
 
 
 class _FunctionCache:

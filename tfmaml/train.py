@@ -5,8 +5,10 @@ Usage:
       [--config.field=value ...] [--workdir=DIR] [--export_dir=DIR]
 
 The workdir holds TensorBoard logs (`tensorboard/`), checkpoints
-(`checkpoints/latest.keras`, `checkpoints/best.keras`), the `BackupAndRestore`
-state that lets a killed run resume where it stopped (`backup/`), the final
+(`checkpoints/latest.keras`, `checkpoints/best.keras`), the backup that lets a
+killed run started again with the same command resume at the exact step it
+reached (`backup/`, every `config.backup_every` steps; see
+`tfmaml.training`), the final
 model (`model.keras`) and its evaluation (`evaluation.txt`). The model is
 exported as a SavedModel that adapts itself at serving time (see
 `tfmaml.export`) to `--export_dir`, by default `saved_models/<config.name>/`.
@@ -20,6 +22,7 @@ from absl import logging
 
 from tfmaml import cli
 from tfmaml import experiment
+from tfmaml import training
 
 cli.define_flags()
 flags.DEFINE_string(
@@ -47,14 +50,23 @@ def main(argv):
     with open(os.path.join(workdir, "config.txt"), "w") as f:
         f.write(str(config))
 
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = experiment.build_strategy(config)
+    chief = experiment.is_chief(strategy)
+    if not chief:
+        # Other workers train in step but write only to their own folder.
+        workdir = os.path.join(
+            workdir, f"worker_{strategy.cluster_resolver.task_id}"
+        )
     keras.utils.set_random_seed(config.seed)
     splits = experiment.build_splits(config)
-    model = experiment.build_model(config)
+    with strategy.scope():
+        model = experiment.build_model(config)
     model.summary(print_fn=logging.info)
 
     checkpoints = os.path.join(workdir, "checkpoints")
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(checkpoints, "latest.keras")
@@ -64,18 +76,24 @@ def main(argv):
             monitor="val_loss",
             save_best_only=True,
         ),
-        keras.callbacks.TerminateOnNaN(),
     ]
-    model.fit(
-        splits.train,
-        epochs=-(-config.total_steps // config.steps_per_epoch),
+    resumed_at = training.fit_resumable(
+        model,
+        lambda start: experiment.build_splits(config, train_start=start).train,
+        total_steps=config.total_steps,
         steps_per_epoch=config.steps_per_epoch,
-        validation_data=splits.validation,
+        backup_dir=os.path.join(workdir, "backup"),
+        save_freq=config.backup_every,
         callbacks=callbacks,
+        validation_data=splits.validation,
         shuffle=False,  # A stream of fresh tasks; nothing to shuffle.
         verbose=FLAGS.fit_verbose,
     )
+    if resumed_at:
+        print(f"Resumed from the backup at step {resumed_at}.")
     model.save(os.path.join(workdir, cli.MODEL_FILE))
+    if not chief:
+        return
 
     cli.evaluate_and_report(model, config, splits.test, workdir)
 

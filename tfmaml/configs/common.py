@@ -24,3 +24,18 @@ def add_algorithm_fields(config: ml_collections.ConfigDict) -> None:
     config.multi_step_loss_steps = 0
     config.first_order_steps = 0
     config.lr_schedule = "constant"
+
+
+def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
+    """Adds how a run executes: distribution, determinism, backups.
+
+    - `strategy`: `"default"` (one device), `"mirrored"` (all local
+      devices) or `"multi_worker"` (hosts listed in `TF_CONFIG`).
+    - `deterministic`: enable TensorFlow op determinism, so a resumed run
+      ends with the weights of an uninterrupted one.
+    - `backup_every`: optimizer steps between backups for exact resume
+      (a multiple of `steps_per_execution`).
+    """
+    config.strategy = "default"
+    config.deterministic = True
+    config.backup_every = 100

@@ -55,6 +55,7 @@ def omniglot_config(
 
     # Meta-learning.
     common.add_algorithm_fields(config)
+    common.add_runtime_fields(config)
     config.inner_lr = inner_lr / num_shots
     config.inner_steps = inner_steps
     config.eval_inner_steps = eval_inner_steps
@@ -85,6 +86,7 @@ def omniglot_config(
         config.validation_batches = 1
         config.eval_tasks = 8
         config.eval_step_counts = (0, 1)
+        config.backup_every = 1
     elif arg is not None:
         raise ValueError(
             f"Unknown variant of {config.name}: {arg!r}; expected 'smoke'."

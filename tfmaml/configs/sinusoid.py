@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Meta-learning.
     common.add_algorithm_fields(config)
+    common.add_runtime_fields(config)
     config.inner_lr = 0.01
     config.inner_steps = 1
     config.eval_inner_steps = 10
@@ -60,6 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.total_steps = 400
         config.steps_per_epoch = 200
         config.eval_tasks = 50
+        config.backup_every = 50
     elif arg == "k5":
         config.name = "sinusoid_k5"
         config.num_shots = 5
