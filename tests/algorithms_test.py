@@ -18,7 +18,8 @@ import tfmaml
 ALGORITHMS = {
     "maml": lambda net: tfmaml.MAML(net, 0.05, 1),
     "fomaml": lambda net: tfmaml.MAML(net, 0.05, 1, first_order=True),
-    "reptile": lambda net: tfmaml.Reptile(net, 0.05, 3),
+    # Reptile with its usual sinusoid setting: more, smaller inner steps.
+    "reptile": lambda net: tfmaml.Reptile(net, 0.02, 5),
     "meta_sgd": lambda net: tfmaml.MetaSGD(net, 0.05, 1),
     "anil": lambda net: tfmaml.ANIL(net, 0.05, 2),
     "maml_plus_plus": lambda net: tfmaml.MAML(

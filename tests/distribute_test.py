@@ -236,10 +236,10 @@ def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_backup(tmp_path):
         data = tfmaml.data.sinusoid(num_shots=5, meta_batch_size=4, start=start)
 
         def poison(index, batch):
-            x, y = batch
-            return x, tf.where(index == 7, np.nan, 1.0) * y
+            return batch[0], tf.where(index == 7, np.nan, 1.0) * batch[1]
 
-        return tf.data.Dataset.counter(start).zip(data).map(poison)
+        indices = tf.data.Dataset.counter(start)
+        return tf.data.Dataset.zip((indices, data)).map(poison)
 
     model = tfmaml.MAML(tfmaml.networks.mlp((1,), 1))
     model.compile(keras.optimizers.Adam(1e-2), loss="mse")
