@@ -19,6 +19,7 @@ Usage:
 """
 
 import json
+import math
 import os
 import pathlib
 import resource
@@ -103,11 +104,10 @@ def _run_one(task, algorithm):
     )
     seconds = time.perf_counter() - start
     steps = int(model.optimizer.iterations)
-    (result,) = evaluation.evaluate_adaptation(
-        model,
-        splits.test,
-        step_counts=(config.eval_inner_steps,),
-        num_tasks=config.eval_tasks,
+    # At the step count trained for, and at the config's test count.
+    counts = sorted({config.inner_steps, config.eval_inner_steps})
+    results = evaluation.evaluate_adaptation(
+        model, splits.test, step_counts=counts, num_tasks=config.eval_tasks
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -115,14 +115,11 @@ def _run_one(task, algorithm):
             {
                 "task": task,
                 "algorithm": algorithm,
-                "inner_steps": f"{config.inner_steps} / {result.steps}",
+                "train_steps": config.inner_steps,
                 "budget": f"{steps} x {config.meta_batch_size} tasks, "
                 f"{seconds:.0f} s",
                 "tasks_per_s": steps * config.meta_batch_size / seconds,
-                "loss": result.loss,
-                "loss_ci95": result.loss_ci95,
-                "accuracy": result.accuracy,
-                "accuracy_ci95": result.accuracy_ci95,
+                "results": [r._asdict() for r in results],
                 "peak_mib": peak,
             }
         )
@@ -170,13 +167,25 @@ def main(argv):
         (
             "task",
             "algorithm",
-            "inner steps train / test",
+            "inner steps (train)",
             "meta-training",
-            "test, 600 tasks (95% CI)",
+            "test, 600 tasks (95% CI), after k inner steps",
             "tasks/s",
             "peak RSS MiB",
         ),
         rows,
+    )
+
+
+def _format(result):
+    """MSE or accuracy with its CI; a non-finite loss says it diverged."""
+    if not math.isfinite(result["loss"]) or result["loss"] > 1e3:
+        return f"diverged (loss {result['loss']:.3g})"
+    if result["accuracy"] is None:
+        return f"MSE {result['loss']:.3f} +- {result['loss_ci95']:.3f}"
+    return (
+        f"acc. {100 * result['accuracy']:.1f}% +- "
+        f"{100 * result['accuracy_ci95']:.1f}%"
     )
 
 
