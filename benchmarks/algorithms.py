@@ -143,20 +143,14 @@ def main(argv):
             ).stdout
             result = json.loads(output.strip().splitlines()[-1])
             print(json.dumps(result), flush=True)
-            if result["accuracy"] is None:
-                metric = (
-                    f"MSE {result['loss']:.3f} +- {result['loss_ci95']:.3f}"
-                )
-            else:
-                metric = (
-                    f"acc. {100 * result['accuracy']:.1f}% +- "
-                    f"{100 * result['accuracy_ci95']:.1f}%"
-                )
+            metric = "; ".join(
+                f"{r['steps']} steps: {_format(r)}" for r in result["results"]
+            )
             rows.append(
                 (
                     task,
                     algorithm,
-                    result["inner_steps"],
+                    str(result["train_steps"]),
                     result["budget"],
                     metric,
                     f"{result['tasks_per_s']:.1f}",
