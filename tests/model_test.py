@@ -220,6 +220,89 @@ def test_batch_normalization_matches_keras_forward_in_training_mode():
     np.testing.assert_allclose(ours(x, training=False), ours(x), atol=0)
 
 
+def test_fused_batch_normalization_has_the_exact_second_derivative():
+    # Float32 runs TensorFlow's fused kernel; float64 the composed ops,
+    # whose meta-gradient the finite-difference tests check.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5, 5, 3))
+    upstream = rng.normal(size=(6, 5, 5, 3))
+
+    def second_derivatives(dtype):
+        layer = tfmaml.BatchNormalization(dtype=dtype)
+        layer.build(x.shape)
+        layer.gamma.assign(rng.normal(size=3) + 1.0)
+        layer.beta.assign(rng.normal(size=3))
+        inputs = tf.constant(x, dtype)
+        variables = [layer.gamma.value, layer.beta.value]
+        with tf.GradientTape() as outer:
+            outer.watch(inputs)
+            with tf.GradientTape() as inner:
+                inner.watch(inputs)
+                loss = tf.reduce_sum(
+                    tf.sin(layer(inputs)) * tf.constant(upstream, dtype)
+                )
+            grads = inner.gradient(loss, [inputs, *variables])
+            second = sum(tf.reduce_sum(tf.square(g)) for g in grads)
+        return [g.numpy() for g in outer.gradient(second, [inputs, *variables])]
+
+    seed = rng.bit_generator.state
+    fused = second_derivatives("float32")
+    rng.bit_generator.state = seed
+    composed = second_derivatives("float64")
+    assert _relative_error(fused, composed) < 1e-5
+
+
+@pytest.mark.parametrize("network", ["mlp_batchnorm", "conv_batchnorm"])
+def test_train_step_applies_the_meta_gradient(network):
+    # train_step differentiates each task inside the task loop; the result
+    # must be the meta-gradient of the outer tape (checked against finite
+    # differences above), here through SGD: w <- w - 0.05 * gradient.
+    base, loss, make_batch = NETWORKS[network]()
+    if network == "conv_batchnorm":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = _compiled(base, loss=loss, inner_lr=0.3, inner_steps=2)
+    x, y = make_batch()
+    expected = _meta_gradient(model, _episode((x, y)), steps=2)
+    before = [v.numpy() for v in model.trainable_variables]
+    model.train_on_batch(x, y)
+    actual = [
+        (old - v.numpy()) / 0.05
+        for old, v in zip(before, model.trainable_variables, strict=True)
+    ]
+    assert _relative_error(actual, expected) < 1e-4
+
+
+@pytest.mark.slow
+def test_bfloat16_mixed_precision_learns_like_float32():
+    def train(policy):
+        keras.utils.set_random_seed(0)
+        keras.config.set_dtype_policy(policy)
+        try:
+            model = _compiled(
+                _conv_bn(),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True
+                ),
+                inner_lr=0.3,
+            )
+            x, y = _image_batch()
+            logs = [
+                model.train_on_batch(x, y, return_dict=True)["loss"]
+                for _ in range(60)
+            ]
+        finally:
+            keras.config.set_dtype_policy("float32")
+        return logs, model
+
+    full, _ = train("float32")
+    mixed, model = train("mixed_bfloat16")
+    assert model.base_model.layers[0].compute_dtype == "bfloat16"
+    assert all(np.isfinite(mixed))
+    assert mixed[-1] < 0.5 * mixed[0]
+    np.testing.assert_allclose(mixed[0], full[0], rtol=2e-2)
+    np.testing.assert_allclose(mixed[-1], full[-1], rtol=0.2, atol=0.02)
+
+
 # Learning and side effects.
 
 
@@ -349,9 +432,30 @@ def test_train_on_batch_and_test_on_batch_return_named_logs():
     model = _compiled(_mlp())
     x, y = _regression_batch()
     logs = model.train_on_batch(x, y, return_dict=True)
-    assert set(logs) == {"loss", "pre_loss"}
+    assert set(logs) == {"loss"}
     assert np.isfinite(logs["loss"])
-    assert set(model.test_on_batch(x, y, return_dict=True)) == set(logs)
+    assert set(model.test_on_batch(x, y, return_dict=True)) == {
+        "loss",
+        "pre_loss",
+    }
+
+
+def test_pre_metrics_in_training_logs_the_unadapted_network():
+    base = _mlp()
+    model = _compiled(base, pre_metrics_in_training=True, metrics=["mae"])
+    x, y = _regression_batch()
+    before = base(x["query_x"].reshape(-1, x["query_x"].shape[-1]))
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == {
+        "loss",
+        "mean_absolute_error",
+        "pre_loss",
+        "pre_mean_absolute_error",
+    }
+    expected = np.mean(np.abs(before.numpy().ravel() - y.ravel()))
+    np.testing.assert_allclose(
+        logs["pre_mean_absolute_error"], expected, rtol=1e-5
+    )
 
 
 def test_sample_weights_scale_each_query_loss():

@@ -114,6 +114,7 @@ class Reptile(MAML):
             first_order=True,
             training=True,
             with_fast_weights=True,
+            with_pre_predictions=self.pre_metrics_in_training,
         )
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         directions = [

@@ -35,6 +35,7 @@ def main(argv):
             f"No trained model at {path}: run `python -m tfmaml.train` with "
             "the same --config and --workdir first."
         )
+    experiment.configure_runtime(config)
     model = keras.models.load_model(path)
     splits = experiment.build_splits(config)
     cli.evaluate_and_report(model, config, splits.test, workdir)

@@ -31,6 +31,33 @@ class Splits(NamedTuple):
 
 
 TASKS = ("sinusoid", "omniglot")
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def configure_runtime(config: ml_collections.ConfigDict) -> None:
+    """Applies the config's process-wide settings: op determinism, thread
+    pools and the Keras dtype policy. Call it before TensorFlow runs
+    anything (thread pools are fixed once it has).
+
+    Raises:
+        ValueError: If `config.precision` is not a supported policy.
+    """
+    if config.precision not in PRECISIONS:
+        raise ValueError(
+            f"`precision` must be one of {list(PRECISIONS)}. "
+            f"Received: precision={config.precision!r}"
+        )
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if config.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(
+            config.intra_op_threads
+        )
+    if config.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(
+            config.inter_op_threads
+        )
+    keras.config.set_dtype_policy(config.precision)
 
 
 def build_strategy(

@@ -50,8 +50,7 @@ def main(argv):
     with open(os.path.join(workdir, "config.txt"), "w") as f:
         f.write(str(config))
 
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    experiment.configure_runtime(config)
     strategy = experiment.build_strategy(config)
     chief = experiment.is_chief(strategy)
     if not chief:

@@ -70,6 +70,7 @@ def omniglot_config(
     config.steps_per_execution = 1
     config.validation_batches = 4
     config.jit_compile = False  # XLA's max-pool second derivative is wrong.
+    config.intra_op_threads = 1  # Tasks side by side: 1.2x on 2 cores.
 
     # Evaluation on test classes.
     config.eval_tasks = 600

@@ -1,0 +1,454 @@
+"""Meta-training throughput on the speed issue's Conv4 workloads.
+
+For every workload and execution variant, a fresh process builds Conv4
+(4 x [3x3 conv 64, batch norm, ReLU, 2x2 max-pool] + dense head, 28x28x1
+inputs), meta-trains it with Adam on one synthetic meta-batch, and reports
+the median seconds per meta-step after warm-up, tasks/s, the trace time and
+the process's peak RSS. Workloads:
+
+  W1  5-way 1-shot, 15 queries/class, meta-batch 32, 1 inner step, 2nd order
+  W2  20-way 1-shot, 5 queries/class, meta-batch 16, 5 inner steps, 2nd order
+  W3  W1, first order
+  W2-10  W2 with 10 inner steps (memory: per-task vs meta-batch backward)
+
+`--compare-torch` runs `../shared/bench/torch_maml.py` (PyTorch's per-task
+loop, as learn2learn does) on each workload in the same run and prints the
+ratio; it first checks that both frameworks give the same meta-loss and
+meta-gradient for the same weights and batch.
+
+Usage:
+  python benchmarks/throughput.py [--workloads=W1,W2,W3] [--variants=...]
+      [--compare-torch] [--torch_maps=loop] [--steps=6] [--warmup=2]
+"""
+
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import common  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+TORCH_SCRIPT = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared/bench/torch_maml.py"
+)
+WORKLOADS = {
+    "W1": dict(ways=5, queries=15, meta_batch=32, steps=1, first_order=False),
+    "W2": dict(ways=20, queries=5, meta_batch=16, steps=5, first_order=False),
+    "W3": dict(ways=5, queries=15, meta_batch=32, steps=1, first_order=True),
+    "W2-10": dict(
+        ways=20, queries=5, meta_batch=16, steps=10, first_order=False
+    ),
+}
+# One op per core and tasks side by side (`inter 2 x intra 1`) is the
+# fastest thread layout for the map loop on this 2-core CPU.
+ONE_THREAD_PER_OP = {"intra_op_threads": 1}
+VARIANTS = {
+    "map": dict(task_loop="map"),
+    "map, 1 thread/op": dict(task_loop="map", **ONE_THREAD_PER_OP),
+    "map, 1 thread/op, bfloat16": dict(
+        task_loop="map", policy="mixed_bfloat16", **ONE_THREAD_PER_OP
+    ),
+    "vectorized": dict(task_loop="vectorized"),
+    "unrolled, 1 thread/op": dict(task_loop="unrolled", **ONE_THREAD_PER_OP),
+    "map, 1 thread/op, meta-batch backward": dict(
+        task_loop="map", meta_batch_backward=True, **ONE_THREAD_PER_OP
+    ),
+    "map, XLA": dict(task_loop="map", jit_compile=True),
+}
+DEFAULT_VARIANTS = (
+    "map",
+    "map, 1 thread/op",
+    "map, 1 thread/op, bfloat16",
+    "vectorized",
+    "unrolled, 1 thread/op",
+)
+
+flags.DEFINE_list("workloads", ["W1", "W2", "W3"], "Of " + str(WORKLOADS))
+flags.DEFINE_list(
+    "variants",
+    list(DEFAULT_VARIANTS),
+    "Execution variants, by index (0-6) into " + str(list(VARIANTS)),
+)
+flags.DEFINE_bool("compare-torch", False, "Run the PyTorch reference too.")
+flags.DEFINE_list("torch_maps", ["loop"], "torch_maml.py --map values.")
+flags.DEFINE_integer("steps", 6, "Timed meta-steps per row.")
+flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first (tracing).")
+flags.DEFINE_string("child", None, "Internal: run one row (JSON).")
+FLAGS = flags.FLAGS
+
+
+def _batch(workload, seed=0):
+    """A synthetic meta-batch of 1-shot tasks in tfmaml's layout."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tasks, ways = workload["meta_batch"], workload["ways"]
+    x = {
+        "support_x": rng.normal(size=(tasks, ways, 28, 28, 1)).astype("f4"),
+        "support_y": np.tile(np.arange(ways, dtype="i4"), (tasks, 1)),
+        "query_x": rng.normal(
+            size=(tasks, ways * workload["queries"], 28, 28, 1)
+        ).astype("f4"),
+    }
+    y = np.tile(
+        np.repeat(np.arange(ways, dtype="i4"), workload["queries"]),
+        (tasks, 1),
+    )
+    return x, y
+
+
+def _build(workload, variant, epsilon=None):
+    """The compiled tfmaml model of one row."""
+    import keras
+
+    import tfmaml
+
+    keras.config.set_dtype_policy(variant.get("policy", "float32"))
+    keras.utils.set_random_seed(0)
+    net = tfmaml.networks.conv4((28, 28, 1), workload["ways"])
+    if epsilon is not None:  # PyTorch's BatchNorm2d uses 1e-5.
+        for layer in net.layers:
+            if isinstance(layer, tfmaml.BatchNormalization):
+                layer.epsilon = epsilon
+    cls = _MetaBatchBackward() if variant.get("meta_batch_backward") else None
+    model = (cls or tfmaml.MAML)(
+        net,
+        inner_lr=0.4,
+        inner_steps=workload["steps"],
+        first_order=workload["first_order"],
+        task_loop=variant["task_loop"],
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=variant.get("jit_compile", False),
+    )
+    return model
+
+
+def _MetaBatchBackward():
+    """MAML differentiated by one outer tape around the whole task loop
+    (tfmaml's own `train_step` differentiates each task inside the loop):
+    kept here only to measure what that costs in memory and time."""
+    import tensorflow as tf
+
+    import tfmaml
+
+    class MetaBatchBackward(tfmaml.MAML):
+        def train_step(self, data):
+            episode = self.episode_from_batch(data)
+            weights = self.trainable_variables
+            with tf.GradientTape() as tape:
+                results = self.solve_tasks(
+                    episode,
+                    steps=self.inner_steps,
+                    first_order=self.first_order,
+                    training=True,
+                    with_pre_predictions=False,
+                )
+                loss = tf.reduce_mean(results.loss)
+            gradients = tape.gradient(loss, weights)
+            self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
+            return self._update_metrics(episode, results)
+
+    return MetaBatchBackward
+
+
+def _run_row(spec):
+    """Times one (workload, variant) row in this process; returns a dict."""
+    import tensorflow as tf
+
+    variant = VARIANTS[spec["variant"]]
+    if variant.get("intra_op_threads"):
+        tf.config.threading.set_intra_op_parallelism_threads(
+            variant["intra_op_threads"]
+        )
+    workload = WORKLOADS[spec["workload"]]
+    model = _build(workload, variant)
+    x, y = _batch(workload)
+    start = time.perf_counter()
+    model.train_on_batch(x, y)
+    trace = time.perf_counter() - start
+    for _ in range(spec["warmup"] - 1):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        loss = model.train_on_batch(x, y, return_dict=True)["loss"]
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "seconds": median,
+        "tasks_per_second": workload["meta_batch"] / median,
+        "trace": trace,
+        "peak_rss_mib": _peak_rss_mib(),
+        "loss": float(loss),
+    }
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _check_against_torch(workload, dtype):
+    """Meta-loss and meta-gradient of tfmaml and of PyTorch (the
+    reference's network and inner loop) for the same weights and batch in
+    `dtype`; returns their relative differences."""
+    import numpy as np
+    import tensorflow as tf
+
+    variant = {"task_loop": "map", "policy": dtype}
+    model = _build(workload, variant, epsilon=1e-5)
+    x, y = _batch(workload, seed=1)
+    x = {k: v.astype(dtype) if k.endswith("_x") else v for k, v in x.items()}
+    episode = model.episode_from_batch((x, y))
+    results = model.solve_tasks(
+        episode,
+        steps=workload["steps"],
+        first_order=workload["first_order"],
+        training=True,
+        gradients_of=model.trainable_variables,
+        with_pre_predictions=False,
+    )
+    loss = float(tf.reduce_mean(results.loss))
+    grads = [g.numpy() / workload["meta_batch"] for g in results.gradients]
+    weights = [v.numpy() for v in model.trainable_variables]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "check.npz")
+        np.savez(path, *weights, **x, query_y=y)
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps({"torch": path})],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TFMAML_WORKLOAD": json.dumps(workload)},
+        ).stdout
+    reference = json.loads(output.strip().splitlines()[-1])
+    flat = np.concatenate([g.ravel() for g in grads])
+    other = np.asarray(reference["gradient"], dtype="f8")
+    return (
+        abs(loss - reference["loss"]) / abs(reference["loss"]),
+        float(np.linalg.norm(flat - other) / np.linalg.norm(other)),
+    )
+
+
+def _torch_meta_loss(path):
+    """The reference's meta-loss and meta-gradient (torch_maml.py's network
+    and `task_loss`), on tfmaml's weights (NHWC kernels transposed)."""
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.func import functional_call
+    from torch.func import grad
+
+    workload = json.loads(os.environ["TFMAML_WORKLOAD"])
+    data = np.load(path)
+    weights = [data[f"arr_{i}"] for i in range(18)]
+
+    def block(channels):
+        return [
+            nn.Conv2d(channels, 64, 3, padding=1),
+            nn.BatchNorm2d(64, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+
+    net = nn.Sequential(
+        *block(1), *block(64), *block(64), *block(64), nn.Flatten(),
+        nn.Linear(64, workload["ways"]),
+    )  # fmt: skip
+    # tfmaml's order per block: kernel, bias, gamma, beta; then dense.
+    converted = []
+    for i in range(4):
+        kernel, bias, gamma, beta = weights[4 * i : 4 * i + 4]
+        converted += [kernel.transpose(3, 2, 0, 1), bias, gamma, beta]
+    converted += [weights[16].T, weights[17]]
+    params = {
+        name: torch.tensor(np.ascontiguousarray(value), requires_grad=True)
+        for (name, _), value in zip(
+            net.named_parameters(), converted, strict=True
+        )
+    }
+
+    def loss_of(p, x, y):
+        return nn.functional.cross_entropy(functional_call(net, p, (x,)), y)
+
+    def task_loss(p, xs, ys, xq, yq):
+        fast = p
+        for _ in range(workload["steps"]):
+            g = grad(loss_of)(fast, xs, ys)
+            fast = {
+                k: fast[k]
+                - 0.4 * (g[k].detach() if workload["first_order"] else g[k])
+                for k in fast
+            }
+        return loss_of(fast, xq, yq)
+
+    def nchw(array):
+        return torch.tensor(array).permute(0, 3, 1, 2).contiguous()
+
+    tasks = data["support_x"].shape[0]
+    loss = (
+        sum(
+            task_loss(
+                params,
+                nchw(data["support_x"][t]),
+                torch.tensor(data["support_y"][t]).long(),
+                nchw(data["query_x"][t]),
+                torch.tensor(data["query_y"][t]).long(),
+            )
+            for t in range(tasks)
+        )
+        / tasks
+    )
+    loss.backward()
+    gradient = []
+    for name, param in params.items():
+        g = param.grad.numpy()
+        if name.endswith("weight") and g.ndim == 4:
+            g = g.transpose(2, 3, 1, 0)
+        elif g.ndim == 2:
+            g = g.T
+        gradient.append(g.ravel())
+    return {
+        "loss": float(loss),
+        "gradient": np.concatenate(gradient).tolist(),
+    }
+
+
+def _spawn(arguments):
+    """Runs a child process; returns its last stdout line and peak RSS."""
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(arguments, stdout=out, stderr=out)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if process.returncode:
+        raise RuntimeError(f"{arguments} failed:\n{text[-3000:]}")
+    return text.strip().splitlines()[-1], usage.ru_maxrss / 1024
+
+
+def _torch_row(workload, mapping):
+    arguments = [
+        sys.executable,
+        str(TORCH_SCRIPT),
+        "--ways", str(workload["ways"]),
+        "--shots", "1",
+        "--query", str(workload["queries"]),
+        "--meta-batch", str(workload["meta_batch"]),
+        "--steps", str(workload["steps"]),
+        "--map", mapping,
+        "--iters", str(FLAGS.steps),
+        "--warmup", str(FLAGS.warmup),
+    ]  # fmt: skip
+    if workload["first_order"]:
+        arguments.append("--first-order")
+    line, rss = _spawn(arguments)
+    rate = float(line.split("tasks/s")[1].split()[0])
+    return {"tasks_per_second": rate, "peak_rss_mib": rss}
+
+
+def main(argv):
+    del argv
+    if FLAGS.child:
+        spec = json.loads(FLAGS.child)
+        if "torch" in spec:
+            print(json.dumps(_torch_meta_loss(spec["torch"])))
+        else:
+            print(json.dumps(_run_row(spec)))
+        return
+    unknown = [w for w in FLAGS.workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"Unknown --workloads {unknown}: use {WORKLOADS}")
+    variants = [
+        list(VARIANTS)[int(v)] if v.isdigit() else v for v in FLAGS.variants
+    ]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"Unknown --variants {unknown}: use {list(VARIANTS)}")
+    compare = FLAGS["compare-torch"].value
+    rows = []
+    for name in FLAGS.workloads:
+        workload = WORKLOADS[name]
+        torch_rates = {}
+        if compare:
+            for dtype in ("float64", "float32"):
+                loss_diff, grad_diff = _check_against_torch(workload, dtype)
+                print(
+                    f"{name}: tfmaml vs PyTorch, same weights and batch, "
+                    f"{dtype}: meta-loss differs by {loss_diff:.1e}, "
+                    f"meta-gradient by {grad_diff:.1e} (relative)",
+                    flush=True,
+                )
+            for mapping in FLAGS.torch_maps:
+                result = _torch_row(workload, mapping)
+                torch_rates[mapping] = result["tasks_per_second"]
+                rows.append(
+                    (
+                        name,
+                        f"PyTorch torch_maml.py --map {mapping}",
+                        "",
+                        f"{result['tasks_per_second']:.1f}",
+                        "",
+                        f"{result['peak_rss_mib']:.0f}",
+                        "1.00x" if mapping == "loop" else "",
+                    )
+                )
+                print(rows[-1], flush=True)
+        for variant in variants:
+            spec = {
+                "workload": name,
+                "variant": variant,
+                "steps": FLAGS.steps,
+                "warmup": FLAGS.warmup,
+            }
+            arguments = [sys.executable, __file__, "--child", json.dumps(spec)]
+            try:
+                line, _ = _spawn(arguments)
+                result = json.loads(line)
+            except RuntimeError as error:
+                print(f"{name} {variant}: failed: {error}", flush=True)
+                continue
+            ratio = (
+                f"{result['tasks_per_second'] / torch_rates['loop']:.2f}x"
+                if "loop" in torch_rates
+                else ""
+            )
+            rows.append(
+                (
+                    name,
+                    f"tfmaml {variant}",
+                    f"{result['seconds']:.3f}",
+                    f"{result['tasks_per_second']:.1f}",
+                    f"{result['trace']:.0f}",
+                    f"{result['peak_rss_mib']:.0f}",
+                    ratio,
+                )
+            )
+            print(rows[-1], flush=True)
+    common.print_report(
+        (
+            "workload",
+            "implementation",
+            "s / meta-step (median)",
+            "tasks/s",
+            "first step (trace) s",
+            "peak RSS MiB",
+            "vs PyTorch loop",
+        ),
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
