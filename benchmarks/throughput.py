@@ -79,6 +79,7 @@ flags.DEFINE_list(
     "Execution variants, by index (0-6) into " + str(list(VARIANTS)),
 )
 flags.DEFINE_bool("compare-torch", False, "Run the PyTorch reference too.")
+flags.DEFINE_string("torch_script", str(TORCH_SCRIPT), "torch_maml.py path.")
 flags.DEFINE_list("torch_maps", ["loop"], "torch_maml.py --map values.")
 flags.DEFINE_integer("steps", 6, "Timed meta-steps per row.")
 flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first (tracing).")
@@ -341,7 +342,7 @@ def _spawn(arguments):
 def _torch_row(workload, mapping):
     arguments = [
         sys.executable,
-        str(TORCH_SCRIPT),
+        FLAGS.torch_script,
         "--ways", str(workload["ways"]),
         "--shots", "1",
         "--query", str(workload["queries"]),
