@@ -10,8 +10,8 @@ subprocess, so peak memory is that run's alone.
 Algorithms: maml, fomaml, reptile (5 inner steps, its usual setting),
 meta_sgd, anil, and maml++ (MAML with learned per-layer per-step rates, the
 multi-step loss annealed over half the budget, first order for the first
-tenth, cosine meta learning rate; 2 inner steps so the multi-step loss has
-something to weigh).
+tenth, cosine meta learning rate, per-step batch norm on Omniglot; 2 inner
+steps so the multi-step loss has something to weigh).
 
 Usage:
   python benchmarks/algorithms.py [--sinusoid_steps=10000]
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
@@ -66,6 +65,7 @@ def _config(task, algorithm):
         config.multi_step_loss_steps = config.total_steps // 2
         config.first_order_steps = config.total_steps // 10
         config.lr_schedule = "cosine"
+        config.per_step_batch_norm = task == "omniglot"
     else:
         config.algorithm = algorithm
     if algorithm == "reptile":
@@ -80,6 +80,7 @@ def _run_one(task, algorithm):
     from tfmaml import experiment
 
     config = _config(task, algorithm)
+    experiment.configure_runtime(config)
     keras.utils.set_random_seed(config.seed)
     splits = experiment.build_splits(config)
     model = experiment.build_model(config)
@@ -109,7 +110,12 @@ def _run_one(task, algorithm):
     results = evaluation.evaluate_adaptation(
         model, splits.test, step_counts=counts, num_tasks=config.eval_tasks
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as status:  # VmHWM: this process's own.
+        peak = next(
+            int(line.split()[1]) / 1024
+            for line in status
+            if line.startswith("VmHWM:")
+        )
     print(
         json.dumps(
             {

@@ -6,8 +6,13 @@ background subsets (`../shared/data/omniglot`), each for `--minutes` of wall
 time, then prints the test accuracy over 600 tasks of unseen alphabets with
 95% confidence intervals after 0, 1, 3, 5 and 10 inner steps.
 
+`--precisions=float32,mixed_bfloat16` trains each config in both
+precisions; with `--max_steps` they stop at the same meta-batch count, so
+their accuracies compare at equal training.
+
 Usage:
-  python benchmarks/omniglot.py [--minutes=15] [--data_dir=DIR]
+  python benchmarks/omniglot.py [--minutes=15] [--max_steps=0]
+      [--precisions=float32] [--data_dir=DIR]
 """
 
 import os
@@ -30,6 +35,8 @@ flags.DEFINE_list(
     ["omniglot_5way_1shot", "omniglot_20way_1shot"],
     "Configs to run.",
 )
+flags.DEFINE_integer("max_steps", 0, "Stop after this many meta-batches.")
+flags.DEFINE_list("precisions", ["float32"], "Keras dtype policies to run.")
 FLAGS = flags.FLAGS
 
 
@@ -38,6 +45,7 @@ def main(argv):
     import importlib
 
     import keras
+    import tensorflow as tf
 
     from tfmaml import evaluation
     from tfmaml import experiment
@@ -52,13 +60,20 @@ def main(argv):
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
-            if time.perf_counter() - self.start > self.seconds:
+            if time.perf_counter() - self.start > self.seconds or (
+                self.steps == FLAGS.max_steps
+            ):
                 self.model.stop_training = True
 
+    # As the Omniglot configs set it (thread pools are fixed once TF runs).
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    runs = [(n, p) for n in FLAGS.configs for p in FLAGS.precisions]
     rows = []
-    for name in FLAGS.configs:
+    for name, precision in runs:
         config = importlib.import_module(f"tfmaml.configs.{name}").get_config()
         config.data_dir = FLAGS.data_dir
+        config.precision = precision
+        keras.config.set_dtype_policy(precision)
         keras.utils.set_random_seed(config.seed)
         splits = experiment.build_splits(config)
         model = experiment.build_model(config)
@@ -83,7 +98,8 @@ def main(argv):
         eval_seconds = time.perf_counter() - start
         rows.append((config, budget.steps, seconds, eval_seconds, results))
         print(
-            f"{name}: {budget.steps} meta-batches in {seconds:.0f} s",
+            f"{name} {precision}: {budget.steps} meta-batches in "
+            f"{seconds:.0f} s",
             flush=True,
         )
         print(evaluation.format_results(results), flush=True)
@@ -94,8 +110,9 @@ def main(argv):
         by_steps = {r.steps: r for r in results}
         table.append(
             (
-                f"{config.name} (train {config.inner_steps} / test "
-                f"{config.eval_inner_steps} steps)",
+                f"{config.name} {config.precision} (train "
+                f"{config.inner_steps} / test {config.eval_inner_steps} "
+                "steps)",
                 f"{done} x {config.meta_batch_size} tasks, "
                 f"{seconds / 60:.1f} min (+{eval_seconds:.0f} s eval)",
                 *(

@@ -24,7 +24,6 @@ Usage:
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,9 @@ VARIANTS = {
         task_loop="map", meta_batch_backward=True, **ONE_THREAD_PER_OP
     ),
     "map, XLA": dict(task_loop="map", jit_compile=True),
+    "map, 1 thread/op, recompute inner steps": dict(
+        task_loop="map", recompute=True, **ONE_THREAD_PER_OP
+    ),
 }
 DEFAULT_VARIANTS = (
     "map",
@@ -76,7 +78,7 @@ flags.DEFINE_list("workloads", ["W1", "W2", "W3"], "Of " + str(WORKLOADS))
 flags.DEFINE_list(
     "variants",
     list(DEFAULT_VARIANTS),
-    "Execution variants, by index (0-6) into " + str(list(VARIANTS)),
+    "Execution variants, by index into " + str(list(VARIANTS)),
 )
 flags.DEFINE_bool("compare-torch", False, "Run the PyTorch reference too.")
 flags.DEFINE_string("torch_script", str(TORCH_SCRIPT), "torch_maml.py path.")
@@ -127,6 +129,7 @@ def _build(workload, variant, epsilon=None):
         inner_steps=workload["steps"],
         first_order=workload["first_order"],
         task_loop=variant["task_loop"],
+        recompute_inner_steps=variant.get("recompute", False),
     )
     model.compile(
         keras.optimizers.Adam(1e-3),
@@ -197,13 +200,19 @@ def _run_row(spec):
 
 
 def _peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS (`VmHWM`). Not `getrusage`: Linux carries
+    the parent's high-water mark into a forked child."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("No VmHWM in /proc/self/status")
 
 
-def _check_against_torch(workload, dtype):
-    """Meta-loss and meta-gradient of tfmaml and of PyTorch (the
-    reference's network and inner loop) for the same weights and batch in
-    `dtype`; returns their relative differences."""
+def _meta_results(workload, dtype):
+    """Meta-loss and meta-gradient (flat) of tfmaml and of PyTorch (the
+    reference's network and inner loop) for the same weights and batch,
+    computed in `dtype`: `((loss, gradient), (loss, gradient))`."""
     import numpy as np
     import tensorflow as tf
 
@@ -234,12 +243,38 @@ def _check_against_torch(workload, dtype):
             env={**os.environ, "TFMAML_WORKLOAD": json.dumps(workload)},
         ).stdout
     reference = json.loads(output.strip().splitlines()[-1])
-    flat = np.concatenate([g.ravel() for g in grads])
+    flat = np.concatenate([g.ravel() for g in grads]).astype("f8")
     other = np.asarray(reference["gradient"], dtype="f8")
-    return (
-        abs(loss - reference["loss"]) / abs(reference["loss"]),
-        float(np.linalg.norm(flat - other) / np.linalg.norm(other)),
-    )
+    return (loss, flat), (reference["loss"], other)
+
+
+def _check_against_torch(name, workload):
+    """Prints how far tfmaml and PyTorch are apart in float64 (the same
+    math: rounding only), and how far each one's float32 result is from
+    that float64 value."""
+    import numpy as np
+
+    def differences(result, reference):
+        (loss, gradient), (loss_ref, gradient_ref) = result, reference
+        return (
+            abs(loss - loss_ref) / abs(loss_ref),
+            np.linalg.norm(gradient - gradient_ref)
+            / np.linalg.norm(gradient_ref),
+        )
+
+    ours64, theirs64 = _meta_results(workload, "float64")
+    ours32, theirs32 = _meta_results(workload, "float32")
+    lines = [
+        ("tfmaml vs PyTorch, both float64", differences(ours64, theirs64)),
+        ("tfmaml float32 vs float64", differences(ours32, ours64)),
+        ("PyTorch float32 vs float64", differences(theirs32, ours64)),
+    ]
+    for label, (loss, gradient) in lines:
+        print(
+            f"{name}: {label}, same weights and batch: meta-loss differs by "
+            f"{loss:.1e}, meta-gradient by {gradient:.1e} (relative)",
+            flush=True,
+        )
 
 
 def _torch_meta_loss(path):
@@ -327,16 +362,11 @@ def _torch_meta_loss(path):
 
 
 def _spawn(arguments):
-    """Runs a child process; returns its last stdout line and peak RSS."""
-    with tempfile.TemporaryFile("w+") as out:
-        process = subprocess.Popen(arguments, stdout=out, stderr=out)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read()
-    if process.returncode:
-        raise RuntimeError(f"{arguments} failed:\n{text[-3000:]}")
-    return text.strip().splitlines()[-1], usage.ru_maxrss / 1024
+    """Runs a child process; returns its stdout lines."""
+    result = subprocess.run(arguments, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{arguments} failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip().splitlines()
 
 
 def _torch_row(workload, mapping):
@@ -354,9 +384,23 @@ def _torch_row(workload, mapping):
     ]  # fmt: skip
     if workload["first_order"]:
         arguments.append("--first-order")
-    line, rss = _spawn(arguments)
-    rate = float(line.split("tasks/s")[1].split()[0])
-    return {"tasks_per_second": rate, "peak_rss_mib": rss}
+    # Run the script in a child that then reports its own peak RSS.
+    lines = _spawn(
+        [
+            sys.executable,
+            "-c",
+            "import runpy, sys; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__'); "
+            "print([l for l in open('/proc/self/status') "
+            "if l.startswith('VmHWM:')][0])",
+            *arguments[1:],
+        ]
+    )
+    rate = float(lines[-2].split("tasks/s")[1].split()[0])
+    return {
+        "tasks_per_second": rate,
+        "peak_rss_mib": int(lines[-1].split()[1]) / 1024,
+    }
 
 
 def main(argv):
@@ -383,14 +427,7 @@ def main(argv):
         workload = WORKLOADS[name]
         torch_rates = {}
         if compare:
-            for dtype in ("float64", "float32"):
-                loss_diff, grad_diff = _check_against_torch(workload, dtype)
-                print(
-                    f"{name}: tfmaml vs PyTorch, same weights and batch, "
-                    f"{dtype}: meta-loss differs by {loss_diff:.1e}, "
-                    f"meta-gradient by {grad_diff:.1e} (relative)",
-                    flush=True,
-                )
+            _check_against_torch(name, workload)
             for mapping in FLAGS.torch_maps:
                 result = _torch_row(workload, mapping)
                 torch_rates[mapping] = result["tasks_per_second"]
@@ -415,8 +452,7 @@ def main(argv):
             }
             arguments = [sys.executable, __file__, "--child", json.dumps(spec)]
             try:
-                line, _ = _spawn(arguments)
-                result = json.loads(line)
+                result = json.loads(_spawn(arguments)[-1])
             except RuntimeError as error:
                 print(f"{name} {variant}: failed: {error}", flush=True)
                 continue

@@ -176,3 +176,62 @@ def test_preprocessing_normalises_per_channel():
     np.testing.assert_allclose(prepared[0, 0, 0], [0.2, 0.0], atol=1e-6)
     with pytest.raises(ValueError, match="both `mean` and `std`"):
         data.preprocessing(mean=0.5)
+
+
+# Device-resident episodes.
+
+
+def test_device_episodes_gather_the_episodes_of_the_host_pipeline():
+    source = _id_source(size=4)
+    args = (source, 4, 2, 3, 5)
+    host = data.episodes(*args, seed=7, rotations=True, num_batches=3)
+    device = data.DeviceEpisodes(*args, seed=7, rotations=True, device="/CPU:0")
+    assert device.images.device.endswith("CPU:0")
+    indices = device.indices(num_batches=3)
+    # The pipeline carries only indices, never images.
+    assert set(indices.element_spec) == {"episode_rows", "episode_turns"}
+    for (x, y), batch in zip(host, indices, strict=True):
+        gathered_x, gathered_y = device.gather(batch)
+        for key in x:
+            np.testing.assert_array_equal(gathered_x[key], x[key])
+        np.testing.assert_array_equal(gathered_y, y)
+
+
+def test_fit_on_device_episodes_equals_fit_on_host_episodes():
+    import keras
+
+    import tfmaml
+
+    images = np.random.default_rng(0).normal(size=(60, 16, 16, 1))
+    split = sources.from_arrays(images.astype("float32"), np.arange(60) % 6)
+    weights = []
+    for mode in ("host", "device"):
+        keras.utils.set_random_seed(0)
+        net = tfmaml.networks.conv4((16, 16, 1), 3, filters=4)
+        model = tfmaml.MAML(net, 0.1)
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        if mode == "host":
+            dataset = data.episodes(split, 3, 1, 2, 4, seed=1)
+        else:
+            device = data.DeviceEpisodes(split, 3, 1, 2, 4, seed=1)
+            model.gather_episodes_from(device)
+            dataset = device.indices()
+        model.fit(dataset, steps_per_epoch=3, verbose=0)
+        weights.append([v.numpy() for v in model.trainable_variables])
+    for host, device in zip(*weights, strict=True):
+        np.testing.assert_allclose(device, host, rtol=1e-6, atol=1e-7)
+
+
+def test_index_batches_without_their_source_are_refused():
+    import keras
+
+    import tfmaml
+
+    device = data.DeviceEpisodes(_id_source(), 3, 1, 2, 4)
+    model = tfmaml.MAML(tfmaml.networks.mlp((4,), 3))
+    model.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy())
+    with pytest.raises(ValueError, match="gather_episodes_from"):
+        model.fit(device.indices(), steps_per_epoch=1, verbose=0)

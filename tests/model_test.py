@@ -272,6 +272,38 @@ def test_train_step_applies_the_meta_gradient(network):
     assert _relative_error(actual, expected) < 1e-4
 
 
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_recomputed_inner_steps_give_the_same_meta_gradient(float64, momentum):
+    base, loss, make_batch = NETWORKS["conv_batchnorm"]()
+    episode = _episode(make_batch())
+    options = dict(loss=loss, inner_lr=0.3, inner_momentum=momentum)
+    reference = _meta_gradient(_compiled(base, **options), episode, 3)
+    model = _compiled(base, recompute_inner_steps=True, **options)
+    assert _relative_error(_meta_gradient(model, episode, 3), reference) < 1e-10
+    with pytest.raises(ValueError, match="learn_inner_lr='per_parameter'"):
+        tfmaml.MAML(
+            base, recompute_inner_steps=True, learn_inner_lr="per_parameter"
+        )
+
+
+def test_steps_per_execution_gives_the_weights_of_single_steps():
+    x, y = _regression_batch(tasks=4 * TASKS)
+    weights = []
+    for steps in (1, 4):
+        keras.utils.set_random_seed(0)
+        model = tfmaml.MAML(_mlp(), 0.1, 2)
+        model.compile(
+            keras.optimizers.Adam(1e-2),
+            loss="mse",
+            steps_per_execution=steps,
+        )
+        model.fit(x, y, batch_size=TASKS, epochs=2, shuffle=False, verbose=0)
+        weights.append([v.numpy() for v in model.trainable_variables])
+    assert model.optimizer.iterations.numpy() == 8
+    for single, grouped in zip(*weights, strict=True):
+        np.testing.assert_allclose(grouped, single, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_bfloat16_mixed_precision_learns_like_float32():
     def train(policy):

@@ -197,3 +197,24 @@ def test_maml_plus_plus_options_and_cosine_schedule_come_from_the_config():
     config.algorithm = "maml_plus"
     with pytest.raises(ValueError, match="'maml_plus'.*'anil'"):
         experiment.build_model(config)
+
+
+def test_per_step_batch_norm_comes_from_the_config():
+    from tfmaml import experiment
+    from tfmaml.configs import omniglot_5way_1shot
+
+    config = omniglot_5way_1shot.get_config("smoke")
+    config.inner_steps = 2
+    config.per_step_batch_norm = True
+    model = experiment.build_model(config)
+    norms = [
+        layer
+        for layer in model.base_model.layers
+        if isinstance(layer, tfmaml.BatchNormalization)
+    ]
+    assert len(norms) == 4
+    assert all(layer.num_steps == 2 for layer in norms)
+    assert norms[0].gamma.shape == (3, config.filters)
+    # Meta-learned, not adapted: the inner loop leaves them out.
+    assert not any(layer.name in model.inner_variables for layer in norms)
+    assert "conv_0" in model.inner_variables

@@ -123,7 +123,7 @@ class Reptile(MAML):
             for v, fast in zip(variables, results.fast_weights, strict=True)
         ]
         self.optimizer.apply_gradients(zip(directions, variables, strict=True))
-        self._write_back_state(results.state)
+        self._write_back_state(results)
         return self._update_metrics(episode, results)
 
 

@@ -180,7 +180,12 @@ def build_network(config: ml_collections.ConfigDict) -> keras.Model:
     """Returns the config's base network, built."""
     if config.network == "conv4":
         return networks.conv4(
-            (*config.image_size, 1), config.num_ways, filters=config.filters
+            (*config.image_size, 1),
+            config.num_ways,
+            filters=config.filters,
+            norm_steps=(
+                config.inner_steps if config.per_step_batch_norm else None
+            ),
         )
     if config.network == "mlp":
         return networks.mlp(
@@ -225,12 +230,21 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
         options["multi_step_loss_steps"] = config.multi_step_loss_steps
     if config.first_order_steps:
         options["first_order_steps"] = config.first_order_steps
+    if config.per_step_batch_norm:
+        # MAML++: per-step batch norm rows are meta-learned, not adapted.
+        network = build_network(config)
+        options["inner_variables"] = [
+            layer.name
+            for layer in network.layers
+            if layer.trainable_weights
+            and not isinstance(layer, networks.BatchNormalization)
+        ]
     if config.algorithm != "reptile":
         options["first_order"] = (
             config.first_order or config.algorithm == "fomaml"
         )
     model = ALGORITHMS[config.algorithm](
-        build_network(config),
+        network if config.per_step_batch_norm else build_network(config),
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps,
         eval_inner_steps=config.eval_inner_steps,

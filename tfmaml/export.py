@@ -133,7 +133,9 @@ def export_saved_model(
         with tf.control_dependencies(checks):
             support_x = tf.identity(support_x)
         fast = model.adapted_weights(prepare(support_x), support_y, steps)
-        result = outputs(model.predict_with_weights(fast, prepare(query_x)))
+        result = outputs(
+            model.predict_with_weights(fast, prepare(query_x), steps)
+        )
         result["inner_steps"] = tf.constant(steps, tf.int32)
         return result
 

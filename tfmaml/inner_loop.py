@@ -12,9 +12,16 @@ The update rule is an inner optimiser with the `init`/`update` protocol of
 optax: `SGD` (the default; its learning rate may differ per step and per
 weight, which covers Meta-SGD and MAML++'s learned rates) or `Momentum`.
 Both are differentiable, so their hyperparameters can be meta-learned.
+
+While the loop runs the support loss of step `k`, `current_step()` returns
+`k` (at trace time): layers with per-step parameters, such as
+`tfmaml.BatchNormalization(num_steps=...)` (MAML++), read it to pick theirs.
 """
 
+import contextlib
+import contextvars
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 from typing import Protocol
@@ -25,6 +32,27 @@ SupportLoss = Callable[[list[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]
 # A learning rate: one number or tensor for all, or `rate(step, index)`
 # giving the rate (broadcastable to weight `index`) of inner step `step`.
 Rate = float | tf.Tensor | Callable[[int, int], Any]
+
+
+_STEP = contextvars.ContextVar("tfmaml_inner_step", default=None)
+
+
+@contextlib.contextmanager
+def step_scope(step: int) -> Iterator[None]:
+    """Runs the network as it is after `step` inner steps (see
+    `current_step`); `adaptation_trajectory` enters it around each support
+    loss, `tfmaml.MAML` around query predictions."""
+    token = _STEP.set(int(step))
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+def current_step() -> int | None:
+    """The inner step the network is being run at, or `None` outside any
+    inner loop (the unadapted network: step 0 to per-step layers)."""
+    return _STEP.get()
 
 
 class InnerOptimizer(Protocol):
@@ -99,6 +127,7 @@ def adaptation_trajectory(
     optimizer: InnerOptimizer | None = None,
     first_order: bool | tf.Tensor = False,
     adapted: Sequence[bool] | None = None,
+    recompute: bool = False,
 ) -> list[list[tf.Tensor]]:
     """Runs `steps` inner steps on one task and returns every iterate.
 
@@ -120,6 +149,13 @@ def adaptation_trajectory(
         adapted: Which weights the loop adapts; the others stay equal to
             their initial values (ANIL adapts only the head). Defaults to
             all.
+        recompute: Whether an enclosing tape keeps only each step's
+            weights and recomputes the step's activations when it
+            differentiates (gradient checkpointing): memory for many steps
+            at the cost of one more forward pass per step. Gradients reach
+            only the weights and the optimiser state, not tensors the
+            optimiser or `loss_fn` capture (such as learned rates).
+            Defaults to `False`.
 
     Returns:
         A list of `steps + 1` weight lists: the initial weights, then the
@@ -146,11 +182,13 @@ def adaptation_trajectory(
     index = [i for i, a in enumerate(adapted) if a]
     state = optimizer.init([current[i] for i in index])
     trajectory = [current]
-    for step in range(steps):
+
+    def take_step(step, current, state):
         moving = [current[i] for i in index]
         with tf.GradientTape() as tape:
             tape.watch(moving)
-            loss = loss_fn(current, support_x, support_y)
+            with step_scope(step):
+                loss = loss_fn(current, support_x, support_y)
         gradients = tape.gradient(
             loss, moving, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
@@ -159,8 +197,55 @@ def adaptation_trajectory(
         current = list(current)
         for i, update in zip(index, updates, strict=True):
             current[i] = current[i] - update
+        return current, state
+
+    for step in range(steps):
+        if recompute:
+            current, state = _recomputed(take_step, step, current, state)
+        else:
+            current, state = take_step(step, current, state)
         trajectory.append(current)
     return trajectory
+
+
+def _recomputed(take_step, step, weights, state):
+    """`take_step`, whose gradient recomputes it from its inputs, so that
+    an enclosing tape keeps none of its activations (in a `tf.function`).
+
+    Not `tf.recompute_grad`: it runs the step with every tape stopped,
+    the step's own inner tape included, so the step would not adapt.
+    """
+    flat_state = tf.nest.flatten(state)
+    count = len(weights)
+
+    def flat_step(tensors):
+        new_weights, new_state = take_step(
+            step,
+            list(tensors[:count]),
+            tf.nest.pack_sequence_as(state, list(tensors[count:])),
+        )
+        return [*new_weights, *tf.nest.flatten(new_state)]
+
+    @tf.custom_gradient
+    def checkpointed(*tensors):
+        def gradient(*upstream, variables=None):
+            with tf.GradientTape() as tape:
+                tape.watch(tensors)
+                again = flat_step(tensors)
+            grads = tape.gradient(
+                again,
+                list(tensors),
+                output_gradients=list(upstream),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            # Variables read inside (none in tfmaml's use) get no gradient.
+            return grads, [None] * len(variables or ())
+
+        return flat_step(tensors), gradient
+
+    outputs = checkpointed(*weights, *flat_state)
+    new_state = tf.nest.pack_sequence_as(state, list(outputs[count:]))
+    return list(outputs[:count]), new_state
 
 
 def adapt(

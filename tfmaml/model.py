@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfmaml import batches
 from tfmaml import inner_loop
+from tfmaml import networks
 from tfmaml import task_metrics
 from tfmaml.batches import EPISODE_KEYS
 from tfmaml.batches import QUERY_X
@@ -25,6 +26,7 @@ from tfmaml.batches import SUPPORT_X
 from tfmaml.batches import SUPPORT_Y
 from tfmaml.batches import Episode
 from tfmaml.checks import check_int
+from tfmaml.data.episodes import EPISODE_ROWS
 
 TASK_LOOPS = ("map", "vectorized", "unrolled")
 
@@ -53,6 +55,7 @@ class TaskResults(NamedTuple):
     state: list[tf.Tensor]
     fast_weights: list[tf.Tensor] | None = None
     gradients: list[tf.Tensor] | None = None
+    step_statistics: list[tf.Tensor] | None = None
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
@@ -105,6 +108,11 @@ class MAML(keras.Model):
             It costs one more forward pass over every query set (about
             15% of a Conv4 meta-step). Defaults to `False`; `evaluate`
             and validation always report them.
+        recompute_inner_steps: Whether meta-training keeps only each inner
+            step's weights and recomputes its activations in the backward
+            pass (gradient checkpointing): memory for many inner steps, for
+            one more support forward pass per step. Not with learned
+            inner-loop hyperparameters. Defaults to `False`.
         **kwargs: Base `keras.Model` arguments such as `name`.
 
     Raises:
@@ -146,6 +154,7 @@ class MAML(keras.Model):
         multi_step_loss_steps: int = 0,
         first_order_steps: int = 0,
         pre_metrics_in_training: bool = False,
+        recompute_inner_steps: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -189,10 +198,20 @@ class MAML(keras.Model):
                 f"pre_metrics_in_training={pre_metrics_in_training!r}"
             )
         self.pre_metrics_in_training = pre_metrics_in_training
+        if recompute_inner_steps and (learn_inner_lr or learn_inner_momentum):
+            raise ValueError(
+                "`recompute_inner_steps=True` cannot be combined with learned "
+                "inner-loop hyperparameters (`tf.recompute_grad` would drop "
+                "their gradients). Received: learn_inner_lr="
+                f"{learn_inner_lr!r}, learn_inner_momentum="
+                f"{learn_inner_momentum!r}"
+            )
+        self.recompute_inner_steps = bool(recompute_inner_steps)
         self._create_inner_variables()
         self._pre_loss_tracker = keras.metrics.Mean(name="pre_loss")
         self._task_metrics = task_metrics.TaskMetrics((), ())
         self._adapt_functions = _FunctionCache()
+        self._device_episodes = _FunctionCache()
         # train_step never calls self(...), so Keras would never mark the
         # wrapper built; the base network is built, so the wrapper is too.
         self.built = True
@@ -306,7 +325,7 @@ class MAML(keras.Model):
         tasks = tf.shape(results.loss)[0] * replicas
         gradients = [g / tf.cast(tasks, g.dtype) for g in results.gradients]
         self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
-        self._write_back_state(results.state)
+        self._write_back_state(results)
         return self._update_metrics(episode, results)
 
     def test_step(self, data):
@@ -323,7 +342,10 @@ class MAML(keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if not isinstance(x, Mapping):
             return self.base_model(x, training=False)
-        episode = batches.check_episode(x, None, None, require_labels=False)
+        if EPISODE_ROWS in x:
+            episode = self.episode_from_batch(data)
+        else:
+            episode = batches.check_episode(x, None, None, require_labels=False)
         return self.solve_tasks(
             episode,
             steps=self.eval_inner_steps,
@@ -409,15 +431,18 @@ class MAML(keras.Model):
                 optimizer=optimizer,
                 first_order=first_order,
                 adapted=self._adapted,
+                recompute=training and self.recompute_inner_steps,
             )
-            predictions, new_state, penalty = self._forward(
-                trajectory[-1], state, task["query_x"], training
-            )
+            with inner_loop.step_scope(steps):
+                predictions, new_state, penalty = self._forward(
+                    trajectory[-1], state, task["query_x"], training
+                )
             outputs = {"predictions": predictions, "state": new_state}
             if with_pre_predictions:
-                pre_predictions, _, pre_penalty = self._forward(
-                    weights, state, task["query_x"], training
-                )
+                with inner_loop.step_scope(0):
+                    pre_predictions, _, pre_penalty = self._forward(
+                        weights, state, task["query_x"], training
+                    )
                 pre_predictions = tf.stop_gradient(pre_predictions)
                 outputs["pre_predictions"] = pre_predictions
             if with_fast_weights:
@@ -470,9 +495,17 @@ class MAML(keras.Model):
                 )
                 return outputs
 
+        if training and self._step_norms:
+            solve_task = self._recording_step_statistics(solve_task)
         spec = self._output_signature(
             episode.query_x, has_labels, with_pre_predictions
         )
+        if training and self._step_norms:
+            spec["step_statistics"] = [
+                tf.TensorSpec(v.shape, tf.as_dtype(v.dtype))
+                for layer in self._step_norms
+                for v in (layer.moving_mean, layer.moving_variance)
+            ]
         if with_fast_weights:
             spec["fast_weights"] = [
                 tf.TensorSpec(v.shape, tf.as_dtype(v.dtype))
@@ -495,6 +528,7 @@ class MAML(keras.Model):
             state=outputs["state"],
             fast_weights=outputs.get("fast_weights"),
             gradients=gradients,
+            step_statistics=outputs.get("step_statistics"),
         )
 
     def episode_from_batch(self, data) -> Episode:
@@ -505,7 +539,24 @@ class MAML(keras.Model):
                 does not fit the batch layout of the class docstring.
         """
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, Mapping) and EPISODE_ROWS in x:
+            if "source" not in self._device_episodes:
+                raise ValueError(
+                    f"The batch holds sampled indices ({sorted(x)}) from "
+                    "`tfmaml.data.DeviceEpisodes.indices()`: call "
+                    "`model.gather_episodes_from(device_episodes)` first, "
+                    "so that the model can gather the episodes."
+                )
+            x, y = self._device_episodes["source"].gather(x)
         return batches.check_episode(x, y, sample_weight)
+
+    def gather_episodes_from(self, device_episodes) -> "MAML":
+        """Lets `fit`, `evaluate` and `predict` take the index batches of a
+        `tfmaml.data.DeviceEpisodes`: each step gathers its episodes from
+        the images kept on the device. Other batches work as before (e.g.
+        validation on `tfmaml.data.episodes`). Returns the model."""
+        self._device_episodes["source"] = device_episodes
+        return self
 
     def task_loss(self, y_true, y_pred, sample_weight=None) -> tf.Tensor:
         """The compiled loss of one task: the mean of per-example values.
@@ -580,7 +631,10 @@ class MAML(keras.Model):
                 reduce_retracing=True,
             )
         fast = self._adapt_functions[steps](support_x, support_y)
-        return self._clone_with_weights(fast, support_x)
+        adapted = self._clone_with_weights(fast, support_x)
+        for layer in _step_norms(adapted):
+            layer.default_step = steps  # Outside any inner loop.
+        return adapted
 
     def adapted_weights(self, support_x, support_y, steps: int) -> list:
         """The fast weights after `steps` inner steps on one task's support
@@ -602,10 +656,12 @@ class MAML(keras.Model):
             adapted=self._adapted,
         )
 
-    def predict_with_weights(self, weights, x) -> tf.Tensor:
+    def predict_with_weights(self, weights, x, steps: int = 0) -> tf.Tensor:
         """Runs the base network in inference mode on other weights (for
-        example `adapted_weights`), leaving its variables untouched."""
-        predictions, _, _ = self._forward(weights, self._state(), x, False)
+        example `adapted_weights` after `steps` inner steps, which selects
+        per-step layers' parameters), leaving its variables untouched."""
+        with inner_loop.step_scope(steps):
+            predictions, _, _ = self._forward(weights, self._state(), x, False)
         return predictions
 
     def export(
@@ -682,6 +738,7 @@ class MAML(keras.Model):
             "multi_step_loss_steps": self.multi_step_loss_steps,
             "first_order_steps": self.first_order_steps,
             "pre_metrics_in_training": self.pre_metrics_in_training,
+            "recompute_inner_steps": self.recompute_inner_steps,
         }
 
     @classmethod
@@ -807,10 +864,11 @@ class MAML(keras.Model):
     ):
         """The weighted sum of the query losses after every inner step."""
         losses = []
-        for fast in trajectory[1:-1]:
-            predictions, _, penalty = self._forward(
-                fast, state, task["query_x"], True
-            )
+        for step, fast in enumerate(trajectory[1:-1], start=1):
+            with inner_loop.step_scope(step):
+                predictions, _, penalty = self._forward(
+                    fast, state, task["query_x"], True
+                )
             losses.append(
                 penalty
                 + self.task_loss(
@@ -894,17 +952,60 @@ class MAML(keras.Model):
                 signature["pre_loss"] = tf.TensorSpec([], prediction.dtype)
         return signature
 
-    def _write_back_state(self, state):
+    def _write_back_state(self, results):
         """Keeps the base network's non-trainable state (e.g. Keras
         BatchNorm moving statistics) up to date, as `fit` would: floats
-        take the mean over tasks, other state (seeds) the first task's."""
+        take the mean over tasks, other state (seeds) the first task's.
+        Then moves per-step batch norm statistics towards the meta-batch's.
+        """
         for variable, values in zip(
-            self.base_model.non_trainable_variables, state, strict=True
+            self.base_model.non_trainable_variables, results.state, strict=True
         ):
             if variable.dtype.startswith("float"):
                 variable.assign(tf.reduce_mean(values, axis=0))
             else:
                 variable.assign(values[0])
+        if results.step_statistics is None:
+            return
+        statistics = iter(results.step_statistics)
+        for layer in self._step_norms:
+            for variable in (layer.moving_mean, layer.moving_variance):
+                batch = tf.reduce_mean(next(statistics), axis=0)
+                variable.assign(
+                    layer.momentum * variable + (1.0 - layer.momentum) * batch
+                )
+
+    @property
+    def _step_norms(self) -> list:
+        """The base network's per-step batch norm layers (MAML++)."""
+        return _step_norms(self.base_model)
+
+    def _recording_step_statistics(self, solve_task):
+        """Wraps `solve_task` to also return, per per-step batch norm
+        layer, the batch mean and variance each row saw (the first time;
+        rows no pass used keep their moving statistics)."""
+
+        def solve_and_record(task):
+            with networks.recording_batch_statistics() as records:
+                outputs = solve_task(task)
+            statistics = []
+            for layer in self._step_norms:
+                moving = (
+                    tf.convert_to_tensor(layer.moving_mean),
+                    tf.convert_to_tensor(layer.moving_variance),
+                )
+                for which in range(2):
+                    rows = [
+                        records[(id(layer), row)][which]
+                        if (id(layer), row) in records
+                        else moving[which][row]
+                        for row in range(layer.num_steps + 1)
+                    ]
+                    statistics.append(tf.stack(rows))
+            outputs["step_statistics"] = statistics
+            return outputs
+
+        return solve_and_record
 
     def _update_metrics(self, episode, results):
         tasks = tf.shape(results.loss)[0]
@@ -968,6 +1069,15 @@ class _FunctionCache:
 
     def __setitem__(self, key, function):
         self._functions[key] = function
+
+
+def _step_norms(network) -> list:
+    return [
+        layer
+        for layer in network._flatten_layers(include_self=True)
+        if isinstance(layer, networks.BatchNormalization)
+        and layer.num_steps is not None
+    ]
 
 
 def _map_tasks(task_loop, fn, elems, signature):

@@ -16,6 +16,9 @@ def add_algorithm_fields(config: ml_collections.ConfigDict) -> None:
       second order (derivative-order annealing; 0: off).
     - `lr_schedule`: `"constant"` or `"cosine"` (Keras `CosineDecay` of the
       meta learning rate to 0 over `total_steps`).
+    - `per_step_batch_norm`: MAML++'s per-step batch norm scale, offset and
+      statistics in Conv4 (`BatchNormalization(num_steps=inner_steps)`),
+      meta-learned and left out of the inner loop.
     """
     config.algorithm = "maml"
     config.learn_inner_lr = ""
@@ -24,6 +27,7 @@ def add_algorithm_fields(config: ml_collections.ConfigDict) -> None:
     config.multi_step_loss_steps = 0
     config.first_order_steps = 0
     config.lr_schedule = "constant"
+    config.per_step_batch_norm = False
 
 
 def add_runtime_fields(config: ml_collections.ConfigDict) -> None:

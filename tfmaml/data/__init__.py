@@ -1,6 +1,7 @@
 """Episode pipelines: `tf.data` datasets of meta-batches of tasks."""
 
 from tfmaml.data import sources
+from tfmaml.data.episodes import DeviceEpisodes
 from tfmaml.data.episodes import episodes
 from tfmaml.data.episodes import prepare
 from tfmaml.data.episodes import preprocessing
@@ -12,6 +13,7 @@ from tfmaml.data.sources import Splits
 
 __all__ = [
     "ClassIndexedImages",
+    "DeviceEpisodes",
     "SinusoidTasks",
     "Splits",
     "episodes",

@@ -8,7 +8,9 @@ Randomness is stateless and seeded by `(seed, batch index)` (see
 `tfmaml.data.streams`).
 """
 
+from collections.abc import Callable
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -155,12 +157,165 @@ def episodes(
     >>> tuple(x["support_x"].shape), tuple(y.shape)
     ((4, 3, 8, 8, 1), (4, 6))
     """
+    sample = _index_sampler(
+        source,
+        num_ways,
+        num_shots,
+        num_queries,
+        meta_batch_size,
+        seed=seed,
+        rotations=rotations,
+    )
+    images = tf.constant(sample.source.images)
+    check_optional_int("num_batches", num_batches, minimum=1)
+    check_int("start", start, minimum=0)
+
+    def make_batch(index):
+        return gather_episodes(images, sample(index), num_shots, rotations)
+
+    return indexed_stream(make_batch, num_batches, start)
+
+
+class DeviceEpisodes:
+    """Episodes gathered on the accelerator, from images that live there.
+
+    `episodes` gathers images inside the `tf.data` pipeline, on the host,
+    and every meta-batch of images is then copied to the device. Here the
+    split's images are copied to `device` once; the pipeline yields only
+    the sampled indices (a few kilobytes per meta-batch), and `tfmaml.MAML`
+    gathers the images inside its train step, on the device. The episodes
+    are those of `episodes` with the same arguments.
+
+    Args:
+        source: As for `episodes`.
+        num_ways, num_shots, num_queries, meta_batch_size, seed, rotations:
+            As for `episodes`.
+        device: Where the images live, e.g. `"/GPU:0"`. Defaults to the
+            first GPU, else the CPU.
+
+    Example:
+
+    >>> import numpy as np, keras, tfmaml
+    >>> from tfmaml.data import sources
+    >>> images = np.random.rand(40, 16, 16, 1).astype("float32")
+    >>> split = sources.from_arrays(images, np.arange(40) % 5)
+    >>> train = DeviceEpisodes(split, 3, 1, 2, meta_batch_size=4)
+    >>> net = tfmaml.networks.conv4((16, 16, 1), 3, filters=4)
+    >>> model = tfmaml.MAML(net, 0.1).gather_episodes_from(train)
+    >>> model.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    >>> history = model.fit(train.indices(), steps_per_epoch=2, verbose=0)
+    """
+
+    def __init__(
+        self,
+        source,
+        num_ways: int,
+        num_shots: int,
+        num_queries: int,
+        meta_batch_size: int,
+        *,
+        seed: int = 0,
+        rotations: bool = False,
+        device: str | None = None,
+    ):
+        self._sample = _index_sampler(
+            source,
+            num_ways,
+            num_shots,
+            num_queries,
+            meta_batch_size,
+            seed=seed,
+            rotations=rotations,
+        )
+        self.num_shots = num_shots
+        self.rotations = rotations
+        if device is None:
+            gpus = tf.config.list_logical_devices("GPU")
+            device = gpus[0].name if gpus else "/CPU:0"
+        self.device = device
+        with tf.device(device):
+            self.images = tf.identity(tf.constant(self._sample.source.images))
+
+    def indices(
+        self, num_batches: int | None = None, start: int = 0
+    ) -> tf.data.Dataset:
+        """The dataset to `fit` on: meta-batches of sampled indices,
+        `{"episode_rows": [B, N, K+Q], "episode_turns": [B, N]}` (int64),
+        which `gather` turns into episodes. `num_batches` and `start` are
+        as for `episodes`."""
+        check_optional_int("num_batches", num_batches, minimum=1)
+        check_int("start", start, minimum=0)
+
+        def make_batch(index):
+            rows, turns = self._sample(index)
+            return {EPISODE_ROWS: rows, EPISODE_TURNS: turns}
+
+        return indexed_stream(make_batch, num_batches, start)
+
+    def gather(self, indices) -> tuple[dict, tf.Tensor]:
+        """Gathers the episodes `(x, y)` of a batch from `indices`."""
+        with tf.device(self.device):
+            return gather_episodes(
+                self.images,
+                (indices[EPISODE_ROWS], indices[EPISODE_TURNS]),
+                self.num_shots,
+                self.rotations,
+            )
+
+
+EPISODE_ROWS = "episode_rows"
+EPISODE_TURNS = "episode_turns"
+
+
+def gather_episodes(images, indices, num_shots, rotations):
+    """Collects the episodes `(x, y)` in the `tfmaml.MAML` layout from the
+    class-indexed `images` and sampled `(rows [B, N, K+Q], turns [B, N])`
+    (quarter turns of each class, applied with `rotations`)."""
+    rows, turns = indices
+    x = tf.gather(images, rows)  # [B, N, K+Q, H, W, C]
+    if rotations:
+        x = _rotate(x, turns)
+    shape = tf.shape(rows)
+    labels = tf.broadcast_to(
+        tf.range(shape[1], dtype=tf.int32)[None, :, None], shape
+    )
+
+    def merge(t):
+        return tf.reshape(t, tf.concat([[shape[0], -1], tf.shape(t)[3:]], 0))
+
+    support = {
+        "support_x": merge(x[:, :, :num_shots]),
+        "support_y": merge(labels[:, :, :num_shots]),
+        "query_x": merge(x[:, :, num_shots:]),
+    }
+    return support, merge(labels[:, :, num_shots:])
+
+
+class _IndexSampler(NamedTuple):
+    source: ClassIndexedImages
+    sample: Callable
+
+    def __call__(self, index):
+        return self.sample(index)
+
+
+def _index_sampler(
+    source,
+    num_ways,
+    num_shots,
+    num_queries,
+    meta_batch_size,
+    *,
+    seed,
+    rotations,
+):
+    """Validates the request and returns the stateless sampler of batch
+    `index`'s `(rows [B, N, K+Q], turns [B, N])`."""
     check_int("num_ways", num_ways, minimum=1)
     check_int("num_shots", num_shots, minimum=1)
     check_int("num_queries", num_queries, minimum=1)
     check_int("meta_batch_size", meta_batch_size, minimum=1)
-    check_optional_int("num_batches", num_batches, minimum=1)
-    check_int("start", start, minimum=0)
     source = _as_class_indexed(source)
     orientations = 4 if rotations else 1
     num_classes = source.num_classes * orientations
@@ -183,13 +338,11 @@ def episodes(
             f"Rotations need square images; split {source.name!r} has images "
             f"of shape {source.images.shape[1:]}."
         )
-
-    images = tf.constant(source.images)
     starts = tf.constant(source.class_starts, tf.int64)
     sizes = tf.constant(source.class_sizes, tf.int64)
     max_size = int(source.class_sizes.max())
 
-    def make_batch(index):
+    def sample(index):
         seeds = batch_seeds(seed, index, 2)
         class_scores = tf.random.stateless_uniform(
             [meta_batch_size, num_classes], seeds[0]
@@ -210,27 +363,9 @@ def episodes(
             tf.math.top_k(example_scores, per_class).indices, tf.int64
         )
         rows = tf.gather(starts, base)[..., None] + picked
-        x = tf.gather(images, rows)  # [B, N, K+Q, H, W, C]
-        if rotations:
-            x = _rotate(x, turns)
-        labels = tf.broadcast_to(
-            tf.range(num_ways, dtype=tf.int32)[None, :, None],
-            [meta_batch_size, num_ways, per_class],
-        )
+        return rows, turns
 
-        def merge(t):
-            return tf.reshape(
-                t, tf.concat([[meta_batch_size, -1], tf.shape(t)[3:]], 0)
-            )
-
-        support = {
-            "support_x": merge(x[:, :, :num_shots]),
-            "support_y": merge(labels[:, :, :num_shots]),
-            "query_x": merge(x[:, :, num_shots:]),
-        }
-        return support, merge(labels[:, :, num_shots:])
-
-    return indexed_stream(make_batch, num_batches, start)
+    return _IndexSampler(source, sample)
 
 
 def _as_class_indexed(source):
