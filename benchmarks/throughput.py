@@ -216,8 +216,12 @@ def _meta_results(workload, dtype):
     import numpy as np
     import tensorflow as tf
 
+    # The float32 network's initial weights, in `dtype` (initialisers draw
+    # different values in different dtypes).
+    initial = _build(workload, {"task_loop": "map"}).get_weights()
     variant = {"task_loop": "map", "policy": dtype}
     model = _build(workload, variant, epsilon=1e-5)
+    model.set_weights([w.astype(dtype) for w in initial])
     x, y = _batch(workload, seed=1)
     x = {k: v.astype(dtype) if k.endswith("_x") else v for k, v in x.items()}
     episode = model.episode_from_batch((x, y))
