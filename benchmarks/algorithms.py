@@ -110,12 +110,7 @@ def _run_one(task, algorithm):
     results = evaluation.evaluate_adaptation(
         model, splits.test, step_counts=counts, num_tasks=config.eval_tasks
     )
-    with open("/proc/self/status") as status:  # VmHWM: this process's own.
-        peak = next(
-            int(line.split()[1]) / 1024
-            for line in status
-            if line.startswith("VmHWM:")
-        )
+    peak = common.peak_rss_mib()
     print(
         json.dumps(
             {

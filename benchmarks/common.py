@@ -6,6 +6,16 @@ import sys
 from collections.abc import Sequence
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS in MiB (`VmHWM`). Not `getrusage`: Linux
+    carries a parent's high-water mark into the child it forks."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("No VmHWM in /proc/self/status")
+
+
 def print_report(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Prints the command line that ran, the machine, and the table."""
     import keras

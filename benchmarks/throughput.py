@@ -122,8 +122,12 @@ def _build(workload, variant, epsilon=None):
         for layer in net.layers:
             if isinstance(layer, tfmaml.BatchNormalization):
                 layer.epsilon = epsilon
-    cls = _MetaBatchBackward() if variant.get("meta_batch_backward") else None
-    model = (cls or tfmaml.MAML)(
+    model_class = (
+        _meta_batch_backward_class()
+        if variant.get("meta_batch_backward")
+        else tfmaml.MAML
+    )
+    model = model_class(
         net,
         inner_lr=0.4,
         inner_steps=workload["steps"],
@@ -139,7 +143,7 @@ def _build(workload, variant, epsilon=None):
     return model
 
 
-def _MetaBatchBackward():
+def _meta_batch_backward_class():
     """MAML differentiated by one outer tape around the whole task loop
     (tfmaml's own `train_step` differentiates each task inside the loop):
     kept here only to measure what that costs in memory and time."""
@@ -194,19 +198,9 @@ def _run_row(spec):
         "seconds": median,
         "tasks_per_second": workload["meta_batch"] / median,
         "trace": trace,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": common.peak_rss_mib(),
         "loss": float(loss),
     }
-
-
-def _peak_rss_mib():
-    """This process's peak RSS (`VmHWM`). Not `getrusage`: Linux carries
-    the parent's high-water mark into a forked child."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("No VmHWM in /proc/self/status")
 
 
 def _meta_results(workload, dtype):
@@ -393,17 +387,18 @@ def _torch_row(workload, mapping):
         [
             sys.executable,
             "-c",
-            "import runpy, sys; sys.argv = sys.argv[1:]; "
+            "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+            "import common; sys.argv = sys.argv[2:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__'); "
-            "print([l for l in open('/proc/self/status') "
-            "if l.startswith('VmHWM:')][0])",
+            "print(common.peak_rss_mib())",
+            os.path.dirname(os.path.abspath(__file__)),
             *arguments[1:],
         ]
     )
     rate = float(lines[-2].split("tasks/s")[1].split()[0])
     return {
         "tasks_per_second": rate,
-        "peak_rss_mib": int(lines[-1].split()[1]) / 1024,
+        "peak_rss_mib": float(lines[-1]),
     }
 
 

@@ -220,6 +220,7 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
             f"Unknown `algorithm` {config.algorithm!r}; known algorithms: "
             f"{sorted(ALGORITHMS)}."
         )
+    network = build_network(config)
     options = {}
     if config.learn_inner_lr:
         options["learn_inner_lr"] = config.learn_inner_lr
@@ -232,7 +233,6 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
         options["first_order_steps"] = config.first_order_steps
     if config.per_step_batch_norm:
         # MAML++: per-step batch norm rows are meta-learned, not adapted.
-        network = build_network(config)
         options["inner_variables"] = [
             layer.name
             for layer in network.layers
@@ -244,7 +244,7 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
             config.first_order or config.algorithm == "fomaml"
         )
     model = ALGORITHMS[config.algorithm](
-        network if config.per_step_batch_norm else build_network(config),
+        network,
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps,
         eval_inner_steps=config.eval_inner_steps,

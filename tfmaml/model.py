@@ -210,8 +210,8 @@ class MAML(keras.Model):
         self._create_inner_variables()
         self._pre_loss_tracker = keras.metrics.Mean(name="pre_loss")
         self._task_metrics = task_metrics.TaskMetrics((), ())
-        self._adapt_functions = _FunctionCache()
-        self._device_episodes = _FunctionCache()
+        self._adapt_functions = _Untracked()
+        self._device_episodes = _Untracked()
         # train_step never calls self(...), so Keras would never mark the
         # wrapper built; the base network is built, so the wrapper is too.
         self.built = True
@@ -495,15 +495,15 @@ class MAML(keras.Model):
                 )
                 return outputs
 
-        if training and self._step_norms:
-            solve_task = self._recording_step_statistics(solve_task)
         spec = self._output_signature(
             episode.query_x, has_labels, with_pre_predictions
         )
-        if training and self._step_norms:
+        step_norms = self._step_norms if training else []
+        if step_norms:
+            solve_task = self._recording_step_statistics(solve_task)
             spec["step_statistics"] = [
                 tf.TensorSpec(v.shape, tf.as_dtype(v.dtype))
-                for layer in self._step_norms
+                for layer in step_norms
                 for v in (layer.moving_mean, layer.moving_variance)
             ]
         if with_fast_weights:
@@ -1053,22 +1053,23 @@ class MAML(keras.Model):
         return logs
 
 
-class _FunctionCache:
-    """`tf.function`s by key, out of sight of Keras and SavedModel tracking
-    (a dict attribute would be tracked, and its int keys refused on
-    export)."""
+class _Untracked:
+    """A dict out of sight of Keras and SavedModel tracking, for objects the
+    model uses but must not save: `tf.function`s by key (a dict attribute
+    would be tracked, and its int keys refused on export), the
+    `DeviceEpisodes` it gathers from (its images are no weights)."""
 
     def __init__(self):
-        self._functions = {}
+        self._items = {}
 
     def __contains__(self, key):
-        return key in self._functions
+        return key in self._items
 
     def __getitem__(self, key):
-        return self._functions[key]
+        return self._items[key]
 
-    def __setitem__(self, key, function):
-        self._functions[key] = function
+    def __setitem__(self, key, value):
+        self._items[key] = value
 
 
 def _step_norms(network) -> list:

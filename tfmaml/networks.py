@@ -25,8 +25,8 @@ _RECORDS = contextvars.ContextVar("tfmaml_batch_statistics", default=None)
 @contextlib.contextmanager
 def recording_batch_statistics() -> Iterator[dict]:
     """Collects the batch statistics that per-step `BatchNormalization`
-    layers compute in training, as `{(layer, row): (mean, variance)}` (the
-    first per row), so that `tfmaml.MAML` can update their moving
+    layers compute in training, as `{(id(layer), row): (mean, variance)}`
+    (the first per row), so that `tfmaml.MAML` can update their moving
     statistics after a meta-step."""
     records = {}
     token = _RECORDS.set(records)
