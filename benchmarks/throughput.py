@@ -152,9 +152,7 @@ def _meta_batch_backward_class():
     import tfmaml
 
     class MetaBatchBackward(tfmaml.MAML):
-        def train_step(self, data):
-            episode = self.episode_from_batch(data)
-            weights = self.trainable_variables
+        def compute_meta_gradients(self, episode):
             with tf.GradientTape() as tape:
                 results = self.solve_tasks(
                     episode,
@@ -164,9 +162,7 @@ def _meta_batch_backward_class():
                     with_pre_predictions=False,
                 )
                 loss = tf.reduce_mean(results.loss)
-            gradients = tape.gradient(loss, weights)
-            self.optimizer.apply_gradients(zip(gradients, weights, strict=True))
-            return self._update_metrics(episode, results)
+            return tape.gradient(loss, self.trainable_variables), results
 
     return MetaBatchBackward
 

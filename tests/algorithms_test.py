@@ -151,13 +151,18 @@ def test_anil_adapts_only_the_head():
 
 
 def test_learned_inner_hyperparameters_move():
-    for name, attribute in (
-        ("meta_sgd", "_element_rates"),
-        ("maml_plus_plus", "_step_rates"),
-        ("momentum", "_momentum"),
+    for name, learned_names in (
+        ("meta_sgd", ["inner_lr_0", "inner_lr_1", "inner_lr_2"]),
+        ("maml_plus_plus", ["inner_lr_per_step"]),
+        ("momentum", ["inner_momentum"]),
     ):
         model = _sinusoid_model(name)
-        learned = tf.nest.flatten(getattr(model, attribute))
+        # The inner optimiser's own weights, meta-trained by the model.
+        learned = model.inner_optimizer.trainable_weights
+        assert [v.name for v in learned][: len(learned_names)] == learned_names
+        assert all(
+            any(v is w for w in model.trainable_variables) for v in learned
+        )
         before = [v.numpy().copy() for v in learned]
         model.fit(
             tfmaml.data.sinusoid(num_shots=5, meta_batch_size=4),

@@ -3,25 +3,33 @@
 from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks
+from tfmaml import tasks
 from tfmaml.algorithms import ANIL
 from tfmaml.algorithms import MetaSGD
 from tfmaml.algorithms import Reptile
+from tfmaml.algorithms import register_algorithm
+from tfmaml.batches import Episode
+from tfmaml.labels import LabelKind
+from tfmaml.meta_learner import MetaLearner
 from tfmaml.model import MAML
-from tfmaml.model import Episode
-from tfmaml.model import TaskResults
 from tfmaml.networks import BatchNormalization
+from tfmaml.tasks import TaskResults
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ANIL",
     "MAML",
+    "MetaLearner",
     "MetaSGD",
     "Reptile",
     "BatchNormalization",
     "Episode",
+    "LabelKind",
     "TaskResults",
     "data",
     "inner_loop",
     "networks",
+    "register_algorithm",
+    "tasks",
 ]

@@ -1,17 +1,27 @@
 """The MAML family as recipes over `tfmaml.MAML` and its one inner loop.
 
 Each class only fixes options of `MAML` (which variables adapt, which
-inner-loop hyperparameters are learned) or, for Reptile, the outer update.
-First-order MAML is `MAML(first_order=True)`; the MAML++ fixes are `MAML`
-options (`multi_step_loss_steps`, `learn_inner_lr="per_layer_per_step"`,
-`first_order_steps`) plus a Keras `CosineDecay` schedule for the meta
-learning rate.
+inner-loop hyperparameters are learned) or, for Reptile, the outer update
+(`compute_meta_gradients`). First-order MAML is `MAML(first_order=True)`;
+the MAML++ fixes are `MAML` options (`multi_step_loss_steps`,
+`learn_inner_lr="per_layer_per_step"`, `first_order_steps`) plus a Keras
+`CosineDecay` schedule for the meta learning rate.
+
+`ALGORITHMS` maps the names configs use to recipes; a new algorithm is a
+class here (or anywhere: `register_algorithm`) and one registry line.
 """
+
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
+from tfmaml.adapted_variables import head_layer_names
+from tfmaml.batches import Episode
 from tfmaml.model import MAML
+from tfmaml.tasks import TaskResults
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
@@ -19,7 +29,8 @@ class MetaSGD(MAML):
     """Meta-SGD: a learned inner learning rate for every weight element.
 
     The rates start at `inner_lr` and are meta-trained with the initial
-    weights; the inner step is `w - rate * grad` elementwise.
+    weights; the inner step is `w - rate * grad` elementwise
+    (`tfmaml.inner_loop.LearnedSGD(rates="per_parameter")`).
 
     Args:
         base_model: A built Keras network.
@@ -32,7 +43,13 @@ class MetaSGD(MAML):
         Few-Shot Learning. 2017.
     """
 
-    def __init__(self, base_model, inner_lr=0.01, inner_steps=1, **kwargs):
+    def __init__(
+        self,
+        base_model: keras.layers.Layer,
+        inner_lr: float | None = None,
+        inner_steps: int = 1,
+        **kwargs,
+    ):
         kwargs.setdefault("learn_inner_lr", "per_parameter")
         if kwargs["learn_inner_lr"] != "per_parameter":
             raise ValueError(
@@ -61,9 +78,15 @@ class ANIL(MAML):
         Towards Understanding the Effectiveness of MAML. ICLR 2020.
     """
 
-    def __init__(self, base_model, inner_lr=0.01, inner_steps=1, **kwargs):
+    def __init__(
+        self,
+        base_model: keras.layers.Layer,
+        inner_lr: float | None = None,
+        inner_steps: int = 1,
+        **kwargs,
+    ):
         if kwargs.get("inner_variables") is None:
-            kwargs["inner_variables"] = [_head_name(base_model)]
+            kwargs["inner_variables"] = head_layer_names(base_model)
         super().__init__(base_model, inner_lr, inner_steps, **kwargs)
 
 
@@ -71,7 +94,7 @@ class ANIL(MAML):
 class Reptile(MAML):
     """Reptile: move the initial weights towards each task's adapted ones.
 
-    Each task runs `inner_steps` SGD steps on its support set; the
+    Each task runs `inner_steps` inner steps on its support set; the
     "gradient" given to the compiled optimizer is the mean over tasks of
     `initial - adapted` weights (with `keras.optimizers.SGD(epsilon)` this
     is Reptile's `w += epsilon * mean(adapted - w)`). No second derivative
@@ -90,7 +113,13 @@ class Reptile(MAML):
         Algorithms. 2018.
     """
 
-    def __init__(self, base_model, inner_lr=0.01, inner_steps=5, **kwargs):
+    def __init__(
+        self,
+        base_model: keras.layers.Layer,
+        inner_lr: float | None = None,
+        inner_steps: int = 5,
+        **kwargs,
+    ):
         for name in (
             "learn_inner_lr",
             "learn_inner_momentum",
@@ -104,10 +133,17 @@ class Reptile(MAML):
                 )
         kwargs["first_order"] = True
         super().__init__(base_model, inner_lr, inner_steps, **kwargs)
+        learned = getattr(self.inner_optimizer, "trainable_weights", None)
+        if learned:
+            raise ValueError(
+                "Reptile has no meta-gradient to learn the inner optimiser's "
+                f"weights {[w.path for w in learned]} with."
+            )
 
-    def train_step(self, data):
-        episode = self.episode_from_batch(data)
-        variables = self.base_model.trainable_variables
+    def compute_meta_gradients(
+        self, episode: Episode
+    ) -> tuple[list[tf.Tensor], TaskResults]:
+        """The mean over tasks of `initial - adapted` weights."""
         results = self.solve_tasks(
             episode,
             steps=self.inner_steps,
@@ -116,28 +152,78 @@ class Reptile(MAML):
             with_fast_weights=True,
             with_pre_predictions=self.pre_metrics_in_training,
         )
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        directions = [
-            (tf.convert_to_tensor(v) - tf.reduce_mean(fast, axis=0))
-            / tf.cast(replicas, fast.dtype)
-            for v, fast in zip(variables, results.fast_weights, strict=True)
+        sums = [
+            tf.cast(tf.shape(fast)[0], fast.dtype) * tf.convert_to_tensor(v)
+            - tf.reduce_sum(fast, axis=0)
+            for v, fast in zip(
+                self.trainable_variables, results.fast_weights, strict=True
+            )
         ]
-        self.optimizer.apply_gradients(zip(directions, variables, strict=True))
-        self._write_back_state(results)
-        return self._update_metrics(episode, results)
+        return self.mean_over_tasks(sums, tf.shape(results.loss)[0]), results
 
 
-def _head_name(base_model):
-    """The last layer of `base_model` with trainable weights."""
-    layers = [
-        layer
-        for layer in base_model._flatten_layers(include_self=False)
-        if layer.trainable_weights
-        and not layer._flatten_layers(include_self=False)
-    ]
-    if not layers:
+class Recipe(NamedTuple):
+    """How a config's `algorithm` name builds a model.
+
+    Attributes:
+        model_class: A `MAML` subclass (or `MAML`).
+        options: Constructor options the name fixes (e.g. `first_order`).
+    """
+
+    model_class: type
+    options: dict
+
+
+ALGORITHMS: dict[str, Recipe] = {
+    "maml": Recipe(MAML, {}),
+    "fomaml": Recipe(MAML, {"first_order": True}),
+    "reptile": Recipe(Reptile, {}),
+    "meta_sgd": Recipe(MetaSGD, {}),
+    "anil": Recipe(ANIL, {}),
+}
+
+
+def register_algorithm(
+    name: str, model_class: Callable[..., Any], **options: Any
+) -> None:
+    """Makes `name` usable as a config's `algorithm`.
+
+    Args:
+        name: The name configs use.
+        model_class: A `MAML` subclass (or any callable with its
+            constructor's signature).
+        **options: Constructor options the name fixes.
+
+    Raises:
+        ValueError: If `name` is taken.
+    """
+    if name in ALGORITHMS:
         raise ValueError(
-            f"`base_model` {base_model.name!r} has no layer with trainable "
-            "weights to adapt."
+            f"Algorithm {name!r} is registered already; known algorithms: "
+            f"{sorted(ALGORITHMS)}."
         )
-    return layers[-1].name
+    ALGORITHMS[name] = Recipe(model_class, dict(options))
+
+
+def build_algorithm(
+    name: str, base_model: keras.layers.Layer, **options: Any
+) -> MAML:
+    """The model of algorithm `name` around `base_model`.
+
+    Args:
+        name: A key of `ALGORITHMS`.
+        base_model: A built Keras network.
+        **options: Constructor options; the recipe's own take precedence.
+
+    Raises:
+        ValueError: If `name` is unknown (the known names are listed).
+    """
+    if name not in ALGORITHMS:
+        raise ValueError(
+            f"Unknown `algorithm` {name!r}; known algorithms: "
+            f"{sorted(ALGORITHMS)}."
+        )
+    recipe = ALGORITHMS[name]
+    if recipe.model_class is Reptile:
+        options.pop("first_order", None)  # Reptile is first order.
+    return recipe.model_class(base_model, **{**options, **recipe.options})

@@ -1,10 +1,12 @@
-"""The batch layout `tfmaml.MAML` trains on, and its checks.
+"""The batch layout `tfmaml.MAML` trains on: its keys and its checks.
 
 A batch is a meta-batch of tasks: `x = {"support_x": [B, S, ...],
 "support_y": [B, S, ...], "query_x": [B, Q, ...]}`, `y = query_y [B, Q, ...]`
-and an optional `sample_weight [B, Q]`. The checks run on static shapes while
-the step is traced, so a bad batch fails before any computation, with an
-error that names the key and the shapes received.
+and an optional `sample_weight [B, Q]`. Every module that builds or reads
+such batches (the data pipelines, the model, the export) takes the keys from
+here. The checks run on static shapes while the step is traced, so a bad
+batch fails before any computation, with an error that names the key and
+the shapes received.
 """
 
 from collections.abc import Mapping
@@ -13,10 +15,18 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tfmaml.labels import LabelKind
+
 SUPPORT_X = "support_x"
 SUPPORT_Y = "support_y"
 QUERY_X = "query_x"
+QUERY_Y = "query_y"
+SAMPLE_WEIGHT = "sample_weight"
 EPISODE_KEYS = (SUPPORT_X, SUPPORT_Y, QUERY_X)
+# The keys of a batch of sampled indices (`tfmaml.data.DeviceEpisodes`),
+# which the model turns into episodes on the device.
+EPISODE_ROWS = "episode_rows"
+EPISODE_TURNS = "episode_turns"
 
 
 class Episode(NamedTuple):
@@ -29,8 +39,23 @@ class Episode(NamedTuple):
     sample_weight: tf.Tensor | None
 
 
-def check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
-    """Validates a meta-batch's structure and static shapes."""
+def check_episode(
+    x: Mapping, y, sample_weight, *, require_labels: bool = True
+) -> Episode:
+    """Validates a meta-batch's structure and static shapes.
+
+    Args:
+        x: The dict of `EPISODE_KEYS`.
+        y: The query labels `[tasks, queries, ...]`, or `None`.
+        sample_weight: Optional `[tasks, queries]` weights.
+        require_labels: Whether `y` must be given. Defaults to `True`.
+
+    Returns:
+        An `Episode` of tensors.
+
+    Raises:
+        ValueError: Naming the key whose structure or shape is wrong.
+    """
     if not isinstance(x, Mapping):
         raise ValueError(
             f"A MAML batch `x` must be a dict with keys {list(EPISODE_KEYS)}"
@@ -51,9 +76,9 @@ def check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
         )
     tensors = {k: tf.convert_to_tensor(x[k]) for k in EPISODE_KEYS}
     if y is not None:
-        tensors["query_y"] = tf.convert_to_tensor(y)
+        tensors[QUERY_Y] = tf.convert_to_tensor(y)
     if sample_weight is not None:
-        tensors["sample_weight"] = tf.convert_to_tensor(sample_weight)
+        tensors[SAMPLE_WEIGHT] = tf.convert_to_tensor(sample_weight)
     for key, tensor in tensors.items():
         if tensor.shape.rank is None or tensor.shape.rank < 2:
             raise ValueError(
@@ -64,9 +89,7 @@ def check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
     _check_same_dim(
         tensors, [SUPPORT_X, SUPPORT_Y], axis=1, what="support size"
     )
-    query_keys = [
-        k for k in ("query_x", "query_y", "sample_weight") if k in tensors
-    ]
+    query_keys = [k for k in (QUERY_X, QUERY_Y, SAMPLE_WEIGHT) if k in tensors]
     _check_same_dim(tensors, query_keys, axis=1, what="query size")
     if tensors[SUPPORT_X].shape[2:] != tensors[QUERY_X].shape[2:]:
         raise ValueError(
@@ -74,26 +97,26 @@ def check_episode(x, y, sample_weight, *, require_labels=True) -> Episode:
             f"Received: support_x.shape={tensors[SUPPORT_X].shape}, "
             f"query_x.shape={tensors[QUERY_X].shape}"
         )
-    if "query_y" in tensors and (
-        tensors[SUPPORT_Y].shape.rank != tensors["query_y"].shape.rank
+    if QUERY_Y in tensors and (
+        tensors[SUPPORT_Y].shape.rank != tensors[QUERY_Y].shape.rank
     ):
         raise ValueError(
             "`support_y` and the query labels `y` must have the same rank. "
             f"Received: support_y.shape={tensors[SUPPORT_Y].shape}, "
-            f"y.shape={tensors['query_y'].shape}"
+            f"y.shape={tensors[QUERY_Y].shape}"
         )
-    if "sample_weight" in tensors and tensors["sample_weight"].shape.rank != 2:
+    if SAMPLE_WEIGHT in tensors and tensors[SAMPLE_WEIGHT].shape.rank != 2:
         raise ValueError(
             "`sample_weight` must weigh each query example: shape "
             "[tasks, queries]. Received: "
-            f"sample_weight.shape={tensors['sample_weight'].shape}"
+            f"sample_weight.shape={tensors[SAMPLE_WEIGHT].shape}"
         )
     return Episode(
         support_x=tensors[SUPPORT_X],
         support_y=tensors[SUPPORT_Y],
         query_x=tensors[QUERY_X],
-        query_y=tensors.get("query_y"),
-        sample_weight=tensors.get("sample_weight"),
+        query_y=tensors.get(QUERY_Y),
+        sample_weight=tensors.get(SAMPLE_WEIGHT),
     )
 
 
@@ -108,27 +131,40 @@ def _check_same_dim(tensors, keys, *, axis, what):
         )
 
 
-def check_label_rank(base_model, episode):
-    """Labels have the prediction's rank, or one less (class indices)."""
+def check_label_rank(
+    base_model: keras.layers.Layer, episode: Episode, kind: LabelKind
+) -> None:
+    """Labels have the rank `kind` asks for: the output's rank less one for
+    class indices, else the output's rank (or one less when the output has
+    one value per example, as Keras' losses align them).
+
+    Raises:
+        ValueError: Naming the labels, their shape and the rank needed.
+    """
     spec = base_model.compute_output_spec(
         keras.KerasTensor(
             episode.support_x.shape[1:], dtype=episode.support_x.dtype.name
         )
     )
     rank = len(spec.shape)
+    allowed = {kind.label_rank(rank)}
+    if not kind.sparse and spec.shape[-1] == 1:
+        allowed.add(rank - 1)
     for key, labels in ((SUPPORT_Y, episode.support_y), ("y", episode.query_y)):
         if labels is None:
             continue
         label_rank = labels.shape.rank - 1  # Without the task axis.
-        if label_rank not in (rank, rank - 1):
+        if label_rank not in allowed:
+            what = "class indices" if kind.sparse else "values or one-hot"
             raise ValueError(
                 f"`{key}` has the wrong rank for the base network's output "
-                f"of shape {tuple(spec.shape)} per task: a task's labels "
-                f"need rank {rank} (values, one-hot) or {rank - 1} (class "
-                f"indices). Received: {key}.shape={labels.shape}"
+                f"of shape {tuple(spec.shape)} per task: the loss takes "
+                f"{what}, so a task's labels need rank "
+                f"{' or '.join(map(str, sorted(allowed)))}. Received: "
+                f"{key}.shape={labels.shape}"
             )
 
 
-def merge_task_axis(tensor):
+def merge_task_axis(tensor: tf.Tensor) -> tf.Tensor:
     """`[tasks, examples, ...]` -> `[tasks * examples, ...]`."""
     return tf.reshape(tensor, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0))

@@ -22,3 +22,48 @@ def check_int(name: str, value, *, minimum: int) -> int:
 def check_optional_int(name: str, value, *, minimum: int) -> int | None:
     """`check_int`, letting `None` through."""
     return None if value is None else check_int(name, value, minimum=minimum)
+
+
+def check_bool(name: str, value) -> bool:
+    """Returns `value` if it is a bool.
+
+    Raises:
+        TypeError: If it is not.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return value
+
+
+def check_rate(name: str, value) -> float:
+    """Returns `value` as a float if it is a finite number > 0.
+
+    Raises:
+        TypeError: If it is not a number.
+        ValueError: If it is not finite and positive.
+    """
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"`{name}` must be a number. Received: {name}={value!r}"
+        ) from None
+    if not rate > 0 or rate == float("inf"):
+        raise ValueError(
+            f"`{name}` must be a finite number > 0. Received: {name}={value!r}"
+        )
+    return rate
+
+
+def check_momentum(value) -> float:
+    """Returns `value` if it is in [0, 1).
+
+    Raises:
+        ValueError: Naming `inner_momentum` and the value.
+    """
+    if not 0.0 <= value < 1.0:
+        raise ValueError(
+            "`inner_momentum` must be in [0, 1). Received: "
+            f"inner_momentum={value!r}"
+        )
+    return float(value)

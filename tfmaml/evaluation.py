@@ -36,7 +36,8 @@ def evaluate_adaptation(
 ) -> list[StepResult]:
     """Adapts to every task of `dataset` and scores its query set.
 
-    Accuracy is reported when the labels are class indices (integers).
+    Accuracy is reported for classification (the compiled loss is a
+    cross-entropy; see `tfmaml.labels`).
 
     Args:
         model: A compiled `MAML` model.
@@ -68,7 +69,7 @@ def evaluate_adaptation(
             f"The evaluation dataset holds {seen} tasks; `num_tasks` asks "
             f"for {num_tasks}."
         )
-    classification = _is_classification(dataset)
+    classification = model.label_kind.classification
     results = []
     for steps in step_counts:
         loss = np.concatenate(losses[steps])[:num_tasks]
@@ -109,10 +110,13 @@ def _solver(model, steps):
         results = model.solve_tasks(
             episode, steps=steps, first_order=True, training=False
         )
-        if y.dtype.is_integer:
+        kind = model.label_kind
+        if kind.classification:
             predicted = tf.argmax(results.predictions, axis=-1)
+            truth = y if kind.sparse else tf.argmax(y, axis=-1)
             correct = tf.cast(
-                tf.equal(predicted, tf.cast(y, predicted.dtype)), tf.float32
+                tf.equal(predicted, tf.cast(truth, predicted.dtype)),
+                tf.float32,
             )
             accuracy = tf.reduce_mean(
                 correct, axis=tf.range(1, tf.rank(correct))
@@ -122,11 +126,6 @@ def _solver(model, steps):
         return results.loss, accuracy
 
     return solve
-
-
-def _is_classification(dataset):
-    _, y_spec = dataset.element_spec
-    return y_spec.dtype.is_integer
 
 
 def _ci95(values):

@@ -2,9 +2,12 @@
 
 The one place that reads configs, shared by `tfmaml.train`,
 `tfmaml.evaluate` and the benchmarks, so they always agree on what a
-config means.
+config means. A new data source is one loading function and one line in
+`IMAGE_SOURCES`; a new algorithm is one line in
+`tfmaml.algorithms.ALGORITHMS`.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import keras
@@ -14,24 +17,64 @@ import tensorflow as tf
 from tfmaml import algorithms
 from tfmaml import data
 from tfmaml import networks
+from tfmaml.adapted_variables import names_without_normalization
+from tfmaml.data import Splits
 from tfmaml.model import MAML
 
 # Seeds of the three streams of tasks, offset from `config.seed` so that
 # training, validation and test tasks never coincide.
 _SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
-
-
-class Splits(NamedTuple):
-    """Datasets of meta-batches: an endless training stream, and fixed
-    validation and test sets."""
-
-    train: tf.data.Dataset
-    validation: tf.data.Dataset
-    test: tf.data.Dataset
-
-
-TASKS = ("sinusoid", "omniglot")
 PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+class ImageSource(NamedTuple):
+    """A few-shot image data set a config can name as its `task`.
+
+    Attributes:
+        load: `load(config)` returns its class `Splits` of raw images
+            (`ClassIndexedImages`).
+        raw_shape: The shape of one image as the data set stores it (what
+            the exported model takes).
+    """
+
+    load: Callable[[ml_collections.ConfigDict], Splits]
+    raw_shape: tuple[int, ...]
+
+
+def _omniglot(config):
+    if config.data_dir:
+        source = data.sources.omniglot_from_archives(config.data_dir)
+    else:
+        source = data.sources.omniglot_from_tfds()
+    return data.sources.omniglot_splits(
+        source, split=config.split, seed=config.seed + 1
+    )
+
+
+def _cifar_fs(config):
+    if config.data_dir:
+        return data.sources.cifar_fs_from_archive(config.data_dir)
+    return data.sources.cifar_fs_from_tfds()
+
+
+def _mini_imagenet(config):
+    if not config.data_dir:
+        raise ValueError(
+            "mini-ImageNet has no download: set `data_dir` to a directory "
+            "with images/ and the Ravi and Larochelle train.csv, val.csv "
+            "and test.csv. Received: data_dir=''"
+        )
+    return data.sources.mini_imagenet_splits(config.data_dir)
+
+
+IMAGE_SOURCES: dict[str, ImageSource] = {
+    "omniglot": ImageSource(_omniglot, data.sources.OMNIGLOT_IMAGE_SHAPE),
+    "cifar_fs": ImageSource(_cifar_fs, data.sources.CIFAR100_IMAGE_SHAPE),
+    "mini_imagenet": ImageSource(
+        _mini_imagenet, data.sources.MINI_IMAGENET_IMAGE_SHAPE
+    ),
+}
+TASKS = ("sinusoid", *IMAGE_SOURCES)
 
 
 def configure_runtime(config: ml_collections.ConfigDict) -> None:
@@ -120,10 +163,14 @@ def build_splits(
         train_start: The index of the first training meta-batch (a resumed
             run continues at its step).
 
+    Returns:
+        `Splits` of datasets: an endless training stream, and fixed
+        validation and test sets.
+
     Raises:
         ValueError: If `config.task` is unknown.
     """
-    if config.task == "omniglot":
+    if config.task in IMAGE_SOURCES:
         return _image_splits(config, train_start)
     if config.task != "sinusoid":
         raise ValueError(
@@ -164,23 +211,28 @@ def build_preprocessing(
     config: ml_collections.ConfigDict,
 ) -> keras.Model | None:
     """The image preprocessing of the config (`None` for sinusoid)."""
-    if config.task == "sinusoid":
+    if config.task not in IMAGE_SOURCES:
         return None
     return data.preprocessing(tuple(config.image_size), invert=config.invert)
 
 
 def raw_example_shape(config: ml_collections.ConfigDict) -> tuple | None:
     """The shape of one example as the data set stores it, or `None`."""
-    if config.task == "omniglot":
-        return data.sources.OMNIGLOT_IMAGE_SHAPE
+    if config.task in IMAGE_SOURCES:
+        return IMAGE_SOURCES[config.task].raw_shape
     return None
 
 
 def build_network(config: ml_collections.ConfigDict) -> keras.Model:
-    """Returns the config's base network, built."""
+    """Returns the config's base network, built.
+
+    Raises:
+        ValueError: If `config.network` is unknown.
+    """
     if config.network == "conv4":
+        channels = IMAGE_SOURCES[config.task].raw_shape[-1]
         return networks.conv4(
-            (*config.image_size, 1),
+            (*config.image_size, channels),
             config.num_ways,
             filters=config.filters,
             norm_steps=(
@@ -200,25 +252,16 @@ def build_network(config: ml_collections.ConfigDict) -> keras.Model:
     )
 
 
-ALGORITHMS = {
-    "maml": MAML,
-    "fomaml": MAML,
-    "reptile": algorithms.Reptile,
-    "meta_sgd": algorithms.MetaSGD,
-    "anil": algorithms.ANIL,
-}
-
-
 def build_model(config: ml_collections.ConfigDict) -> MAML:
     """Returns the config's model (`config.algorithm`), compiled.
 
     Raises:
         ValueError: If `config.algorithm` is unknown.
     """
-    if config.algorithm not in ALGORITHMS:
+    if config.algorithm not in algorithms.ALGORITHMS:
         raise ValueError(
             f"Unknown `algorithm` {config.algorithm!r}; known algorithms: "
-            f"{sorted(ALGORITHMS)}."
+            f"{sorted(algorithms.ALGORITHMS)}."
         )
     network = build_network(config)
     options = {}
@@ -233,22 +276,17 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
         options["first_order_steps"] = config.first_order_steps
     if config.per_step_batch_norm:
         # MAML++: per-step batch norm rows are meta-learned, not adapted.
-        options["inner_variables"] = [
-            layer.name
-            for layer in network.layers
-            if layer.trainable_weights
-            and not isinstance(layer, networks.BatchNormalization)
-        ]
-    if config.algorithm != "reptile":
-        options["first_order"] = (
-            config.first_order or config.algorithm == "fomaml"
+        options["inner_variables"] = names_without_normalization(
+            network, networks.BatchNormalization
         )
-    model = ALGORITHMS[config.algorithm](
+    model = algorithms.build_algorithm(
+        config.algorithm,
         network,
         inner_lr=config.inner_lr,
         inner_steps=config.inner_steps,
         eval_inner_steps=config.eval_inner_steps,
         task_loop=config.task_loop,
+        first_order=config.first_order,
         **options,
     )
     compile_model(model, config)
@@ -256,7 +294,11 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
 
 
 def compile_model(model: MAML, config: ml_collections.ConfigDict) -> None:
-    """Compiles `model` with the config's optimizer, loss and metrics."""
+    """Compiles `model` with the config's optimizer, loss and metrics.
+
+    Raises:
+        ValueError: If `config.lr_schedule` is unknown.
+    """
     if config.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=config.total_steps
@@ -287,13 +329,7 @@ def _loss(value):
 
 
 def _image_splits(config, train_start):
-    if config.data_dir:
-        source = data.sources.omniglot_from_archives(config.data_dir)
-    else:
-        source = data.sources.omniglot_from_tfds()
-    classes = data.sources.omniglot_splits(
-        source, split=config.split, seed=config.seed + 1
-    )
+    classes = IMAGE_SOURCES[config.task].load(config)
     preprocess = build_preprocessing(config)
 
     def stream(split, **kwargs):

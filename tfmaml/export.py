@@ -1,4 +1,4 @@
-"""Exports a `MAML` model as a SavedModel that adapts itself when served.
+"""Exports a MAML model as a SavedModel that adapts itself when served.
 
 The SavedModel holds only TensorFlow ops and the meta-learned variables, so
 `tf.saved_model.load` reads it in a process without tfmaml (or Keras), and
@@ -15,29 +15,47 @@ The SavedModel holds only TensorFlow ops and the meta-learned variables, so
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from tfmaml.model import MAML
 
+def export_model(
+    model: Any,
+    filepath: str | os.PathLike,
+    *,
+    format: str = "tf_saved_model",
+    verbose: bool | None = None,
+    input_signature: tf.TensorSpec | None = None,
+    preprocessing: keras.Model | None = None,
+    **kwargs,
+) -> None:
+    """`export_saved_model` with the arguments of `keras.Model.export`
+    (what `MAML.export` takes).
 
-class LabelKind(NamedTuple):
-    """What a model's labels and outputs are, read off its compiled loss.
-
-    `sparse`: labels are class indices of rank output rank - 1.
-    `activation`: how to turn outputs into probabilities: `"softmax"`,
-    `"sigmoid"`, `"identity"` (outputs are probabilities) or `None`
-    (regression).
+    Raises:
+        ValueError: For another `format` or unknown arguments.
     """
-
-    sparse: bool
-    activation: str | None
+    if format != "tf_saved_model" or kwargs:
+        raise ValueError(
+            "`MAML.export` writes TensorFlow SavedModels only and takes "
+            f"no other arguments. Received: format={format!r}, "
+            f"{sorted(kwargs)}"
+        )
+    spec = input_signature
+    export_saved_model(
+        model,
+        filepath,
+        example_shape=None if spec is None else tuple(spec.shape[1:]),
+        dtype="float32" if spec is None else tf.as_dtype(spec.dtype).name,
+        preprocessing=preprocessing,
+        verbose=bool(verbose),
+    )
 
 
 def export_saved_model(
-    model: MAML,
+    model: Any,
     filepath: str | os.PathLike,
     *,
     example_shape: Sequence[int] | None = None,
@@ -48,8 +66,10 @@ def export_saved_model(
     """Writes `model` as a SavedModel with an in-graph inner loop.
 
     Args:
-        model: A compiled `MAML` model (the loss says whether the labels
-            are class indices, values or one-hot vectors).
+        model: A compiled `tfmaml.MAML` (its `label_kind`, read off the
+            loss, says whether the labels are class indices, values or
+            one-hot vectors; its `adapted_weights` and
+            `predict_with_weights` run in the graph).
         filepath: The SavedModel directory to write.
         example_shape: The shape of one input example as served. Defaults
             to the base network's input shape, which Sequential and
@@ -79,7 +99,7 @@ def export_saved_model(
             "example before preprocessing."
         )
     example_shape = _example_shape(model.base_model, example_shape)
-    kind = label_kind(model.loss)
+    kind = model.label_kind
 
     def prepare(x):
         return x if preprocessing is None else preprocessing(x)
@@ -155,24 +175,6 @@ def export_saved_model(
         ],
     )
     archive.write_out(os.fspath(filepath), verbose=verbose)
-
-
-def label_kind(loss) -> LabelKind:
-    """Reads the label format and output activation off a Keras loss."""
-    resolved = keras.losses.get(loss)
-    if isinstance(resolved, keras.losses.Loss):
-        name = resolved.name
-        from_logits = resolved.get_config().get("from_logits", False)
-    else:
-        name = getattr(resolved, "__name__", "")
-        from_logits = False
-    if "crossentropy" not in name:
-        return LabelKind(sparse=False, activation=None)
-    if from_logits:
-        activation = "sigmoid" if "binary" in name else "softmax"
-    else:
-        activation = "identity"
-    return LabelKind(sparse="sparse" in name, activation=activation)
 
 
 def _example_shape(base_model, example_shape):

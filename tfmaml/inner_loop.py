@@ -8,10 +8,13 @@ outer `tf.GradientTape` gives the second-order MAML meta-gradient; with
 first-order MAML (the fast weights still depend on the initial weights
 through the identity, as in Finn et al. 2017, section 5.2).
 
-The update rule is an inner optimiser with the `init`/`update` protocol of
-optax: `SGD` (the default; its learning rate may differ per step and per
-weight, which covers Meta-SGD and MAML++'s learned rates) or `Momentum`.
-Both are differentiable, so their hyperparameters can be meta-learned.
+The update rule is an inner optimiser: any object with the `init`/`update`
+protocol of optax (`InnerOptimizer`; the step index is passed to `update`).
+This module owns every rule tfmaml ships: `SGD` (its learning rate may
+differ per step and per weight), `Momentum`, and `LearnedSGD`, whose rates
+and momentum are Keras variables that the outer loop meta-learns (Meta-SGD,
+MAML++'s per-layer per-step rates). Every rule is differentiable, so the
+meta-gradient reaches whatever its updates depend on.
 
 While the loop runs the support loss of step `k`, `current_step()` returns
 `k` (at trace time): layers with per-step parameters, such as
@@ -26,7 +29,12 @@ from collections.abc import Sequence
 from typing import Any
 from typing import Protocol
 
+import keras
 import tensorflow as tf
+
+from tfmaml.checks import check_int
+from tfmaml.checks import check_momentum
+from tfmaml.checks import check_rate
 
 SupportLoss = Callable[[list[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]
 # A learning rate: one number or tensor for all, or `rate(step, index)`
@@ -56,10 +64,27 @@ def current_step() -> int | None:
 
 
 class InnerOptimizer(Protocol):
-    """An inner-loop update rule: `new_weight = weight - update`."""
+    """The protocol of an inner-loop update rule (optax's, with the step).
+
+    The inner loop calls `state = init(adapted_weights)` once per task,
+    then at each step `updates, state = update(gradients, state, step)` and
+    sets `weight = weight - update`. `gradients`, `updates` and the weights
+    are lists of tensors in the same order; `step` is the Python index of
+    the inner step (0, 1, ...), so rules may differ per step. Everything is
+    traced into the meta-gradient's graph: write `update` with TensorFlow
+    ops (or `keras.ops`) and it is differentiated like the network.
+
+    A rule with meta-learned hyperparameters is a `keras.layers.Layer` whose
+    `build(shapes)` creates them as weights from the adapted weights'
+    shapes: `tfmaml.MAML(..., inner_optimizer=rule)` builds it, tracks it
+    (so `fit` meta-learns its weights and `save` keeps them) and reads them
+    inside the outer tape. To save a model whose rule is your own class,
+    register it with `keras.saving.register_keras_serializable` and give
+    it a `get_config`.
+    """
 
     def init(self, weights: Sequence[tf.Tensor]) -> Any:
-        """Returns the optimiser state for `weights`."""
+        """Returns the optimiser state for `weights` (e.g. `()`)."""
 
     def update(
         self, gradients: Sequence[tf.Tensor], state: Any, step: int
@@ -67,30 +92,42 @@ class InnerOptimizer(Protocol):
         """Returns the updates to subtract and the new state."""
 
 
+@keras.saving.register_keras_serializable(package="tfmaml")
 class SGD:
     """Plain gradient descent: `update = rate(step, i) * gradient`.
 
     Args:
-        learning_rate: A number, or `rate(step, index)`.
+        learning_rate: A number, or `rate(step, index)` (not saved with a
+            model).
     """
 
     def __init__(self, learning_rate: Rate):
         self.learning_rate = learning_rate
 
-    def init(self, weights):
+    def init(self, weights: Sequence[tf.Tensor]) -> tuple:
+        """No state."""
         return ()
 
-    def update(self, gradients, state, step):
+    def update(
+        self, gradients: Sequence[tf.Tensor], state: Any, step: int
+    ) -> tuple[list[tf.Tensor], Any]:
+        """Scales each gradient by its rate."""
         return [
             _rate(self.learning_rate, step, i, g.dtype) * g
             for i, g in enumerate(gradients)
         ], state
 
+    def get_config(self) -> dict:
+        """The constructor arguments (a number rate only)."""
+        return {"learning_rate": _number("learning_rate", self.learning_rate)}
 
+
+@keras.saving.register_keras_serializable(package="tfmaml")
 class Momentum:
     """Heavy-ball momentum: `v = momentum * v + g; update = rate * v`.
 
-    Differentiable in `momentum` and the rate, so both can be meta-learned.
+    Differentiable in `momentum` and the rate, so both can be meta-learned
+    (see `LearnedSGD`).
 
     Args:
         learning_rate: A number, or `rate(step, index)`.
@@ -101,10 +138,14 @@ class Momentum:
         self.learning_rate = learning_rate
         self.momentum = momentum
 
-    def init(self, weights):
+    def init(self, weights: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """A zero velocity per weight."""
         return [tf.zeros_like(w) for w in weights]
 
-    def update(self, gradients, state, step):
+    def update(
+        self, gradients: Sequence[tf.Tensor], state: Any, step: int
+    ) -> tuple[list[tf.Tensor], Any]:
+        """Accumulates the velocity and scales it by the rate."""
         velocity = [
             _as_dtype(self.momentum, g.dtype) * v + g
             for v, g in zip(state, gradients, strict=True)
@@ -114,6 +155,225 @@ class Momentum:
             for i, v in enumerate(velocity)
         ]
         return updates, velocity
+
+    def get_config(self) -> dict:
+        """The constructor arguments (numbers only)."""
+        return {
+            "learning_rate": _number("learning_rate", self.learning_rate),
+            "momentum": _number("momentum", self.momentum),
+        }
+
+
+LEARNED_RATES = ("per_parameter", "per_layer_per_step")
+
+
+@keras.saving.register_keras_serializable(package="tfmaml")
+class LearnedSGD(keras.layers.Layer):
+    """SGD, or momentum, whose rates (and momentum) are meta-learned.
+
+    The rates start at `learning_rate`: one per weight element
+    (`rates="per_parameter"`, Meta-SGD) or one per adapted variable and
+    inner step (`rates="per_layer_per_step"`, MAML++'s LSLR; steps past
+    `steps` use the last step's rates), or a fixed `learning_rate`
+    (`rates=None`, with a learned momentum). With `momentum`, the rule is
+    `Momentum`'s; `learn_momentum=True` meta-learns it too.
+
+    Args:
+        learning_rate: The initial (or fixed) rate, > 0.
+        rates: `None`, `"per_parameter"` or `"per_layer_per_step"`.
+            Defaults to `"per_parameter"`.
+        steps: Inner steps with their own rates; needed by
+            `"per_layer_per_step"`. Defaults to `None`.
+        momentum: The initial momentum in [0, 1), or `None` for SGD.
+            Defaults to `None`.
+        learn_momentum: Whether the momentum is meta-learned. Defaults to
+            `False`.
+        **kwargs: Base layer arguments (`name`, ...).
+
+    Raises:
+        ValueError: Naming the argument that is out of range.
+
+    References:
+        Li, Zhou, Chen and Li. Meta-SGD: Learning to Learn Quickly for
+        Few-Shot Learning. 2017. Antoniou, Edwards and Storkey. How to
+        train your MAML. ICLR 2019.
+    """
+
+    def __init__(
+        self,
+        learning_rate: float,
+        *,
+        rates: str | None = "per_parameter",
+        steps: int | None = None,
+        momentum: float | None = None,
+        learn_momentum: bool = False,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "inner_optimizer")
+        super().__init__(**kwargs)
+        self.learning_rate = check_rate("inner_lr", learning_rate)
+        if rates is not None and rates not in LEARNED_RATES:
+            raise ValueError(
+                "`learn_inner_lr` must be None, 'per_parameter' (Meta-SGD) "
+                "or 'per_layer_per_step' (MAML++). Received: "
+                f"learn_inner_lr={rates!r}"
+            )
+        if rates == "per_layer_per_step":
+            if steps is None or check_int("inner_steps", steps, minimum=0) < 1:
+                raise ValueError(
+                    "`learn_inner_lr='per_layer_per_step'` learns a rate per "
+                    "inner step and needs `inner_steps` >= 1. Received: "
+                    f"inner_steps={steps}"
+                )
+        if momentum is None and learn_momentum:
+            raise ValueError(
+                "`learn_inner_momentum=True` needs an initial "
+                "`inner_momentum`. Received: inner_momentum=None"
+            )
+        if momentum is not None:
+            check_momentum(momentum)
+        if rates is None and not learn_momentum:
+            raise ValueError(
+                "`LearnedSGD` needs something to learn: `rates` or "
+                "`learn_momentum=True`. Received: rates=None, "
+                "learn_momentum=False"
+            )
+        self.rates = rates
+        self.steps = steps
+        self.momentum = momentum
+        self.learn_momentum = bool(learn_momentum)
+
+    def build(self, input_shape: Sequence[Sequence[int]]) -> None:
+        """Creates the rates for adapted weights of shapes `input_shape`."""
+        shapes = [tuple(shape) for shape in input_shape]
+        initial = keras.initializers.Constant(self.learning_rate)
+        self._element_rates = None
+        self._step_rates = None
+        self._momentum = None
+        if self.rates == "per_parameter":
+            self._element_rates = [
+                self.add_weight(
+                    shape=shape, initializer=initial, name=f"inner_lr_{i}"
+                )
+                for i, shape in enumerate(shapes)
+            ]
+        elif self.rates == "per_layer_per_step":
+            self._step_rates = self.add_weight(
+                shape=(self.steps, len(shapes)),
+                initializer=initial,
+                name="inner_lr_per_step",
+            )
+        if self.learn_momentum:
+            self._momentum = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(self.momentum),
+                name="inner_momentum",
+            )
+
+    def _rule(self) -> InnerOptimizer:
+        """The rule on the current values of the learned variables (read
+        where it is called: inside the outer tape)."""
+        if self._element_rates is not None:
+            rates = [tf.convert_to_tensor(r) for r in self._element_rates]
+
+            def rate(step, index):
+                return rates[index]
+
+        elif self._step_rates is not None:
+            table = tf.convert_to_tensor(self._step_rates)
+            last = self.steps - 1
+
+            def rate(step, index):
+                return table[min(step, last), index]
+
+        else:
+            rate = self.learning_rate
+        if self.momentum is None:
+            return SGD(rate)
+        momentum = (
+            self.momentum
+            if self._momentum is None
+            else tf.convert_to_tensor(self._momentum)
+        )
+        return Momentum(rate, momentum)
+
+    def init(self, weights: Sequence[tf.Tensor]) -> Any:
+        """The state of the underlying SGD or momentum rule."""
+        return self._rule().init(weights)
+
+    def update(
+        self, gradients: Sequence[tf.Tensor], state: Any, step: int
+    ) -> tuple[list[tf.Tensor], Any]:
+        """The underlying rule's update, with the learned values."""
+        return self._rule().update(gradients, state, step)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "learning_rate": self.learning_rate,
+            "rates": self.rates,
+            "steps": self.steps,
+            "momentum": self.momentum,
+            "learn_momentum": self.learn_momentum,
+        }
+
+
+def optimizer_from_options(
+    inner_lr: float,
+    *,
+    learn_inner_lr: str | None = None,
+    inner_momentum: float | None = None,
+    learn_inner_momentum: bool = False,
+    inner_steps: int | None = None,
+) -> InnerOptimizer:
+    """The inner optimiser that `MAML`'s shorthand options describe.
+
+    Args:
+        inner_lr: The (initial) inner learning rate, > 0.
+        learn_inner_lr: `None`, `"per_parameter"` or
+            `"per_layer_per_step"` (see `LearnedSGD`).
+        inner_momentum: `None` for SGD, else the (initial) momentum.
+        learn_inner_momentum: Whether the momentum is meta-learned.
+        inner_steps: The training step count (per-step rates need it).
+
+    Returns:
+        `SGD`, `Momentum` or, when anything is learned, `LearnedSGD`.
+
+    Raises:
+        ValueError: Naming the option that is out of range.
+    """
+    check_rate("inner_lr", inner_lr)
+    if learn_inner_lr or learn_inner_momentum:
+        return LearnedSGD(
+            inner_lr,
+            rates=learn_inner_lr or None,
+            steps=inner_steps,
+            momentum=inner_momentum,
+            learn_momentum=learn_inner_momentum,
+        )
+    if inner_momentum is None:
+        return SGD(float(inner_lr))
+    return Momentum(float(inner_lr), check_momentum(inner_momentum))
+
+
+def check_recomputable(optimizer: InnerOptimizer) -> None:
+    """Recomputed inner steps pass gradients to the weights and the
+    optimiser state only, so an optimiser with learned weights is refused.
+
+    Raises:
+        ValueError: Naming the learned weights.
+    """
+    learned = getattr(optimizer, "trainable_weights", None)
+    if learned:
+        raise ValueError(
+            "`recompute_inner_steps=True` cannot be combined with learned "
+            "inner-loop hyperparameters (the recomputed steps would drop "
+            f"their gradients). Received: learn_inner_lr={optimizer.rates!r}"
+            if isinstance(optimizer, LearnedSGD)
+            else "`recompute_inner_steps=True` cannot be combined with an "
+            "inner optimiser with learned weights "
+            f"{[w.path for w in learned]}."
+        )
 
 
 def adaptation_trajectory(
@@ -272,6 +532,16 @@ def _maybe_stop(gradient, first_order):
     constant = tf.stop_gradient(gradient)
     keep = 1.0 - tf.cast(first_order, gradient.dtype)
     return constant + keep * (gradient - constant)
+
+
+def _number(name, value):
+    if not isinstance(value, (int, float)):
+        raise ValueError(
+            f"Only numbers are saved as an inner optimiser's `{name}`; a "
+            "function or tensor cannot be. Received: "
+            f"{name}={value!r}"
+        )
+    return value
 
 
 def _rate(rate, step, index, dtype):

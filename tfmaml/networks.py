@@ -8,32 +8,21 @@ layer computes the variance directly, and it always normalises with the
 statistics of the batch it is given, as the original MAML does.
 """
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
 from collections.abc import Sequence
 
 import keras
 from keras import ops
 
 from tfmaml import inner_loop
+from tfmaml.adapted_variables import walk_layers
 from tfmaml.checks import check_int
 
-_RECORDS = contextvars.ContextVar("tfmaml_batch_statistics", default=None)
-
-
-@contextlib.contextmanager
-def recording_batch_statistics() -> Iterator[dict]:
-    """Collects the batch statistics that per-step `BatchNormalization`
-    layers compute in training, as `{(id(layer), row): (mean, variance)}`
-    (the first per row), so that `tfmaml.MAML` can update their moving
-    statistics after a meta-step."""
-    records = {}
-    token = _RECORDS.set(records)
-    try:
-        yield records
-    finally:
-        _RECORDS.reset(token)
+# Keras layers whose second derivative is wrong (they compute the variance
+# with a stop-gradient through the mean).
+WRONG_SECOND_DERIVATIVE = (
+    keras.layers.BatchNormalization,
+    keras.layers.GroupNormalization,
+)
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
@@ -59,8 +48,11 @@ class BatchNormalization(keras.layers.Layer):
     norm: with `num_steps=N` the layer has `N + 1` rows of scale and offset
     (meta-learned; row `k` is used after `k` inner steps, read from
     `tfmaml.inner_loop.current_step()`; later steps use the last row) and
-    `N + 1` rows of moving mean and variance, which `tfmaml.MAML` updates
-    from each meta-batch's statistics at every step. With
+    `N + 1` rows of moving mean and variance: in training, each call moves
+    the row it used towards the batch's statistics (with `momentum`), and
+    `tfmaml.MAML` keeps the meta-batch's mean of those updates. Outside an
+    inner loop the layer uses row `default_step` (a public attribute, 0
+    unless set; `MAML.adapt` sets it on the adapted copy it returns). With
     `use_moving_statistics=True` inference (`training=False`: evaluation,
     prediction, adaptation at test time) normalises with the moving
     statistics of its step instead of the batch's.
@@ -137,8 +129,7 @@ class BatchNormalization(keras.layers.Layer):
         self.num_steps = num_steps
         self.momentum = float(momentum)
         self.use_moving_statistics = use_moving_statistics
-        # The step used outside any inner loop; `MAML.adapt` sets it on the
-        # adapted copy it returns.
+        # The row used outside any inner loop (see the class docstring).
         self.default_step = 0
         self.supports_masking = True
 
@@ -227,13 +218,27 @@ class BatchNormalization(keras.layers.Layer):
             outputs, mean, variance = self._fused(x, scale, offset)
         else:
             outputs, mean, variance = self._composed(x, scale, offset)
-        records = _RECORDS.get()
-        if row is not None and training and records is not None:
-            records.setdefault(
-                (id(self), row),
-                (ops.stop_gradient(mean), ops.stop_gradient(variance)),
-            )
+        if row is not None and training:
+            self._update_moving_row(row, mean, variance)
         return ops.cast(outputs, inputs.dtype)
+
+    def _update_moving_row(self, row, mean, variance):
+        """Moves row `row` of the moving statistics towards the batch's.
+
+        Under `stateless_call` (how `tfmaml.MAML` runs the network) the
+        assignment only updates the returned state: the model threads it
+        through the inner steps, so each row moves once per task, with the
+        statistics of the pass that used it first, and the meta-batch's
+        mean is written back after the step.
+        """
+        for variable, batch in (
+            (self.moving_mean, mean),
+            (self.moving_variance, variance),
+        ):
+            value = ops.convert_to_tensor(variable)
+            batch = ops.cast(ops.stop_gradient(batch), value.dtype)
+            moved = self.momentum * value[row] + (1.0 - self.momentum) * batch
+            variable.assign(ops.slice_update(value, (row, 0), moved[None]))
 
     def _fused(self, x, scale, offset):
         """TensorFlow's fused kernel: one op forward and one backward,
@@ -395,3 +400,94 @@ def conv4(
         keras.layers.Dense(output_units, name="logits"),
     ]
     return keras.Sequential(layers, name=name)
+
+
+def check_base_network(
+    network: keras.layers.Layer, *, first_order: bool
+) -> None:
+    """Refuses what `tfmaml.MAML` cannot meta-train.
+
+    Raises:
+        TypeError: If `network` is not a Keras layer or model.
+        ValueError: If it is not built, has no trainable variables, or,
+            for second order, holds a layer whose second derivative Keras
+            computes wrongly (the layer is named).
+    """
+    if not isinstance(network, keras.layers.Layer):
+        raise TypeError(
+            "`base_model` must be a Keras model or layer. Received: "
+            f"base_model={network!r} of type {type(network).__name__}"
+        )
+    if not network.built:
+        raise ValueError(
+            "`base_model` must be built, so that its variables exist. Give "
+            "it a `keras.Input`, or call `base_model.build(input_shape)` or "
+            f"`base_model(x)` first. Received: base_model={network.name} "
+            "(not built)"
+        )
+    if not network.trainable_variables:
+        raise ValueError(
+            "`base_model` has no trainable variables to meta-learn. "
+            f"Received: base_model={network.name}"
+        )
+    if first_order:
+        return
+    for layer in walk_layers(network):
+        if isinstance(layer, WRONG_SECOND_DERIVATIVE):
+            raise ValueError(
+                f"`base_model` contains `{type(layer).__name__}` layer "
+                f"'{layer.name}', whose second derivative Keras computes "
+                "wrongly (the variance stops the gradient through the mean)"
+                ", which would make the second-order meta-gradient wrong. "
+                "Use `tfmaml.networks.BatchNormalization` (or "
+                "`keras.layers.LayerNormalization`), or pass "
+                "`first_order=True`."
+            )
+
+
+def step_norms(network: keras.layers.Layer) -> list[BatchNormalization]:
+    """The per-step (MAML++) `BatchNormalization` layers in `network`."""
+    return [
+        layer
+        for layer in walk_layers(network)
+        if isinstance(layer, BatchNormalization) and layer.num_steps is not None
+    ]
+
+
+def clone_with_weights(
+    network: keras.Model,
+    weights: Sequence,
+    example_x,
+    *,
+    step: int = 0,
+) -> keras.Model:
+    """A copy of `network` with `weights` as its trainable variables, its
+    non-trainable state, and per-step layers set to row `step`.
+
+    Raises:
+        ValueError: If `keras.models.clone_model` does not rebuild the
+            same variables (a subclassed network without an exact
+            `get_config`).
+    """
+    clone = keras.models.clone_model(network)
+    if not clone.built:
+        clone(example_x)
+    targets = clone.trainable_variables
+    if [v.shape for v in targets] != [w.shape for w in weights]:
+        raise ValueError(
+            "`keras.models.clone_model` gave a copy of the base network "
+            f"whose trainable variables {[v.path for v in targets]} do "
+            "not match the original's; give the base network a "
+            "`get_config` that rebuilds it exactly."
+        )
+    for variable, value in zip(targets, weights, strict=True):
+        variable.assign(value)
+    for variable, source in zip(
+        clone.non_trainable_variables,
+        network.non_trainable_variables,
+        strict=True,
+    ):
+        variable.assign(source)
+    for layer in step_norms(clone):
+        layer.default_step = step  # Outside any inner loop.
+    return clone

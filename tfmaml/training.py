@@ -21,7 +21,7 @@ import tensorflow as tf
 BACKUP_FILE = "latest.weights.h5"
 
 
-def current_step(model: keras.Model) -> int:
+def optimizer_step(model: keras.Model) -> int:
     """The optimizer's step count (a mirrored variable under a strategy)."""
     return int(model.optimizer.iterations.numpy())
 
@@ -37,7 +37,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            step = current_step(self.model)
+            step = optimizer_step(self.model)
             raise FloatingPointError(
                 f"The training loss became {float(loss)} at step {step} "
                 f"(epoch batch {batch}); training stopped before saving "
@@ -81,11 +81,11 @@ class StepBackup(keras.callbacks.Callback):
                 model.optimizer.build(model.trainable_variables)
         if os.path.exists(self.path):
             model.load_weights(self.path)
-        self._last_saved = current_step(model)
+        self._last_saved = optimizer_step(model)
         return self._last_saved
 
     def on_train_batch_end(self, batch, logs=None):
-        step = current_step(self.model)
+        step = optimizer_step(self.model)
         if self._last_saved is None:
             self._last_saved = step
         if step - self._last_saved >= self.save_freq:

@@ -16,6 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmaml.batches import EPISODE_ROWS
+from tfmaml.batches import EPISODE_TURNS
+from tfmaml.batches import QUERY_X
+from tfmaml.batches import SUPPORT_X
+from tfmaml.batches import SUPPORT_Y
 from tfmaml.checks import check_int
 from tfmaml.checks import check_optional_int
 from tfmaml.data import sources
@@ -264,10 +269,6 @@ class DeviceEpisodes:
             )
 
 
-EPISODE_ROWS = "episode_rows"
-EPISODE_TURNS = "episode_turns"
-
-
 def gather_episodes(images, indices, num_shots, rotations):
     """Collects the episodes `(x, y)` in the `tfmaml.MAML` layout from the
     class-indexed `images` and sampled `(rows [B, N, K+Q], turns [B, N])`
@@ -285,9 +286,9 @@ def gather_episodes(images, indices, num_shots, rotations):
         return tf.reshape(t, tf.concat([[shape[0], -1], tf.shape(t)[3:]], 0))
 
     support = {
-        "support_x": merge(x[:, :, :num_shots]),
-        "support_y": merge(labels[:, :, :num_shots]),
-        "query_x": merge(x[:, :, num_shots:]),
+        SUPPORT_X: merge(x[:, :, :num_shots]),
+        SUPPORT_Y: merge(labels[:, :, :num_shots]),
+        QUERY_X: merge(x[:, :, num_shots:]),
     }
     return support, merge(labels[:, :, num_shots:])
 

@@ -11,6 +11,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfmaml.batches import QUERY_X
+from tfmaml.batches import SUPPORT_X
+from tfmaml.batches import SUPPORT_Y
 from tfmaml.checks import check_int
 from tfmaml.checks import check_optional_int
 from tfmaml.data.streams import batch_seeds
@@ -152,9 +155,9 @@ def sinusoid(
             input_range=input_range,
         )
         x = {
-            "support_x": tasks.support_x,
-            "support_y": tasks.support_y,
-            "query_x": tasks.query_x,
+            SUPPORT_X: tasks.support_x,
+            SUPPORT_Y: tasks.support_y,
+            QUERY_X: tasks.query_x,
         }
         return x, tasks.query_y
 

@@ -11,9 +11,11 @@ mini-ImageNet directory with the Ravi and Larochelle split CSVs.
 import csv
 import hashlib
 import os
+import tarfile
 import zipfile
 from collections.abc import Mapping
 from collections.abc import Sequence
+from typing import Any
 from typing import NamedTuple
 
 import numpy as np
@@ -40,6 +42,13 @@ OMNIGLOT_IMAGE_SHAPE = (105, 105, 1)
 OMNIGLOT_SUBSET_TEST_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 # MAML's split of the 1623 Omniglot characters (Finn et al. 2017).
 OMNIGLOT_MAML_SPLIT_SIZES = {"train": 1100, "validation": 100}
+
+# The CIFAR-100 binary archive (the one TFDS's `cifar100` builder reads):
+# records of a coarse label byte, a fine label byte and 32x32x3 pixels in
+# channel-major order, in `train.bin` and `test.bin`.
+CIFAR100_ARCHIVE = "cifar-100-binary.tar.gz"
+CIFAR100_IMAGE_SHAPE = (32, 32, 3)
+MINI_IMAGENET_IMAGE_SHAPE = (84, 84, 3)
 
 # CIFAR-FS (Bertinetto et al. 2019): 64 / 16 / 20 CIFAR-100 classes. The
 # training classes are the 64 not listed here.
@@ -76,11 +85,14 @@ class ClassIndexedImages(NamedTuple):
 
 
 class Splits(NamedTuple):
-    """Disjoint class splits of one data set."""
+    """A (train, validation, test) triple: the disjoint class splits of one
+    data set (`ClassIndexedImages`, from the functions here), or the task
+    streams built from them (`tf.data.Dataset`s, from
+    `tfmaml.experiment.build_splits`)."""
 
-    train: ClassIndexedImages
-    validation: ClassIndexedImages
-    test: ClassIndexedImages
+    train: Any
+    validation: Any
+    test: Any
 
 
 def from_arrays(
@@ -410,6 +422,49 @@ def cifar_fs_from_tfds(*, data_dir: str | None = None) -> Splits:
     names = info.features["label"].names
     return cifar_fs_splits(
         from_dataset(dataset, class_names=names, name="cifar100")
+    )
+
+
+def cifar_fs_from_archive(directory: str | os.PathLike) -> Splits:
+    """CIFAR-FS from the official CIFAR-100 binary archive in `directory`.
+
+    Reads `cifar-100-binary.tar.gz` (train and test records together, as
+    CIFAR-FS pools them; fine labels named by `fine_label_names.txt`)
+    without unpacking it.
+
+    Raises:
+        FileNotFoundError: Naming the missing archive.
+        ValueError: Naming the archive member that is missing or malformed.
+    """
+    path = os.path.join(os.fspath(directory), CIFAR100_ARCHIVE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"The CIFAR-100 archive {path!r} is missing (`data_dir` must "
+            f"hold {CIFAR100_ARCHIVE})."
+        )
+    record = 2 + int(np.prod(CIFAR100_IMAGE_SHAPE))
+    with tarfile.open(path) as archive:
+
+        def read(member):
+            try:
+                return archive.extractfile(f"cifar-100-binary/{member}").read()
+            except (KeyError, AttributeError):
+                raise ValueError(
+                    f"{path!r} has no member cifar-100-binary/{member}."
+                ) from None
+
+        names = read("fine_label_names.txt").decode().split()
+        raw = np.frombuffer(read("train.bin") + read("test.bin"), np.uint8)
+    if len(names) != 100 or raw.size % record:
+        raise ValueError(
+            f"{path!r} is not a CIFAR-100 binary archive: {len(names)} fine "
+            f"label names (100 expected), {raw.size} bytes of records "
+            f"(records are {record} bytes)."
+        )
+    raw = raw.reshape(-1, record)
+    images = raw[:, 2:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return cifar_fs_splits(
+        from_arrays(images, raw[:, 1], class_names=names, name="cifar100")
     )
 
 

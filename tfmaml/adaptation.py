@@ -1,0 +1,118 @@
+"""Adapting a meta-learned model to one task, outside training.
+
+The inner loop of `tfmaml.tasks` on one task's support set, first order
+(no second-order graph is kept) and in inference mode: the fast weights
+(`adapted_weights`, what the export runs in its graph), predictions with
+them (`predict_with_weights`), and a Keras copy of the network that holds
+them (`adapted_copy`, behind `MAML.adapt`).
+"""
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfmaml import batches
+from tfmaml import inner_loop
+from tfmaml import networks
+from tfmaml import tasks
+from tfmaml.batches import QUERY_X
+from tfmaml.batches import SUPPORT_X
+from tfmaml.batches import SUPPORT_Y
+
+
+def adapted_weights(
+    model: Any, support_x: tf.Tensor, support_y: tf.Tensor, steps: int
+) -> list[tf.Tensor]:
+    """The fast weights after `steps` inner steps on one task.
+
+    Args:
+        model: A compiled `tfmaml.MAML` (its `inner_problem()`).
+        support_x: The task's support inputs, `[S, ...]`.
+        support_y: Their labels.
+        steps: Inner steps.
+
+    Returns:
+        One tensor per trainable variable of the base network.
+    """
+    problem = model.inner_problem()
+    state = tasks.network_state(problem.network)
+
+    def support_loss(weights, x, y):
+        predictions, _, penalty = tasks.run_network(
+            problem.network, weights, state, x, False
+        )
+        return penalty + problem.loss(y, predictions, None)
+
+    return inner_loop.adapt(
+        support_loss,
+        [tf.convert_to_tensor(w) for w in problem.weights],
+        support_x,
+        support_y,
+        steps=steps,
+        optimizer=problem.optimizer,
+        first_order=True,
+        adapted=problem.adapted,
+    )
+
+
+def predict_with_weights(
+    network: keras.layers.Layer, weights: list, x: Any, steps: int = 0
+) -> tf.Tensor:
+    """Runs `network` in inference mode on other weights, as it is after
+    `steps` inner steps (per-step layers pick their row), leaving its
+    variables untouched."""
+    state = tasks.network_state(network)
+    with inner_loop.step_scope(steps):
+        predictions, _, _ = tasks.run_network(network, weights, state, x, False)
+    return predictions
+
+
+def adapted_copy(
+    model: Any,
+    support_x: Any,
+    support_y: Any,
+    steps: int,
+    *,
+    functions: MutableMapping,
+) -> keras.Model:
+    """A copy of `model.base_model` with the weights adapted to one task.
+
+    Args:
+        model: A compiled `tfmaml.MAML`.
+        support_x: One task's support inputs, `[S, ...]`.
+        support_y: Their labels.
+        steps: Inner steps.
+        functions: Where the traced `tf.function` per step count is kept
+            between calls.
+
+    Returns:
+        A built Keras model.
+
+    Raises:
+        ValueError: If the support set's shapes do not fit the network.
+    """
+    support_x = tf.convert_to_tensor(support_x)
+    support_y = tf.convert_to_tensor(support_y)
+    # Reuse the meta-batch checks on a batch of one task.
+    episode = batches.check_episode(
+        {
+            SUPPORT_X: support_x[None],
+            SUPPORT_Y: support_y[None],
+            QUERY_X: support_x[None],
+        },
+        support_y[None],
+        None,
+    )
+    batches.check_label_rank(model.base_model, episode, model.label_kind)
+    key = ("adapt", steps)
+    if key not in functions:
+        functions[key] = tf.function(
+            lambda x, y: adapted_weights(model, x, y, steps),
+            reduce_retracing=True,
+        )
+    fast = functions[key](support_x, support_y)
+    return networks.clone_with_weights(
+        model.base_model, fast, support_x, step=steps
+    )

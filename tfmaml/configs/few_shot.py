@@ -1,0 +1,118 @@
+"""Few-shot image classification with MAML: the fields every image config
+shares (Omniglot, CIFAR-FS, mini-ImageNet).
+
+Conv4 with batch norm (batch statistics) and max-pooling, Adam 1e-3 outside,
+SGD inside, `num_queries` query images per class, evaluation over 600 test
+tasks. `data_dir` holds the source's files as they are published (see each
+config); `task` names the source (`tfmaml.experiment.IMAGE_SOURCES`).
+The `smoke` variant is a tiny run for tests.
+"""
+
+import ml_collections
+
+from tfmaml.configs import common
+
+
+def few_shot_config(
+    *,
+    task: str,
+    name: str,
+    num_ways: int,
+    num_shots: int,
+    meta_batch_size: int,
+    inner_lr: float,
+    inner_steps: int,
+    eval_inner_steps: int,
+    image_size: tuple[int, int],
+    filters: int,
+    arg: str | None,
+    invert: bool = False,
+    rotations: bool = False,
+) -> ml_collections.ConfigDict:
+    """The config of one few-shot image experiment.
+
+    Args:
+        task: The source, a key of `tfmaml.experiment.IMAGE_SOURCES`.
+        name: The experiment's name (workdir and export folder).
+        num_ways: Classes per task.
+        num_shots: Support images per class.
+        meta_batch_size: Tasks per meta-batch.
+        inner_lr: The inner SGD rate on the mean cross-entropy.
+        inner_steps: Inner steps in training.
+        eval_inner_steps: Inner steps at test time.
+        image_size: `(height, width)` the network sees.
+        filters: Conv4's filters per convolution.
+        arg: The variant: `None` or `"smoke"`.
+        invert: Whether images are inverted (Omniglot's ink). Defaults to
+            `False`.
+        rotations: Whether rotated training classes are new classes.
+            Defaults to `False`.
+
+    Raises:
+        ValueError: For an unknown variant.
+    """
+    config = ml_collections.ConfigDict()
+    config.name = name
+    config.seed = 0
+
+    # Data.
+    config.task = task
+    config.data_dir = ""
+    config.split = "auto"
+    config.image_size = image_size
+    config.invert = invert
+    config.rotations = rotations  # Training classes only.
+    config.num_ways = num_ways
+    config.num_shots = num_shots
+    config.num_queries = 15
+    config.meta_batch_size = meta_batch_size
+
+    # Network and loss.
+    config.network = "conv4"
+    config.filters = filters
+    config.loss = {
+        "class_name": "SparseCategoricalCrossentropy",
+        "config": {"from_logits": True},
+    }
+    config.metrics = ("accuracy",)
+
+    # Meta-learning.
+    common.add_algorithm_fields(config)
+    common.add_runtime_fields(config)
+    config.inner_lr = inner_lr
+    config.inner_steps = inner_steps
+    config.eval_inner_steps = eval_inner_steps
+    config.first_order = False
+    config.task_loop = "map"
+
+    # Meta-training budget (the MAML paper: 60,000 meta-batches; far beyond
+    # a 2-core CPU, where a meta-batch takes seconds).
+    config.learning_rate = 1e-3
+    config.total_steps = 60_000
+    config.steps_per_epoch = 500
+    config.steps_per_execution = 1
+    config.validation_batches = 4
+    config.jit_compile = False  # XLA's max-pool second derivative is wrong.
+    config.intra_op_threads = 1  # Tasks side by side: 1.2x on 2 cores.
+
+    # Evaluation on test classes.
+    config.eval_tasks = 600
+    config.eval_num_queries = 15
+    config.eval_step_counts = (0, 1, 3, 5, 10)
+
+    if arg == "smoke":
+        config.filters = 8
+        config.meta_batch_size = 4
+        config.num_queries = 1 if num_shots > 1 else 2
+        config.eval_num_queries = config.num_queries
+        config.total_steps = 6
+        config.steps_per_epoch = 3
+        config.validation_batches = 1
+        config.eval_tasks = 8
+        config.eval_step_counts = (0, 1)
+        config.backup_every = 1
+    elif arg is not None:
+        raise ValueError(
+            f"Unknown variant of {config.name}: {arg!r}; expected 'smoke'."
+        )
+    return config
