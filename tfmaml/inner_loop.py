@@ -318,44 +318,6 @@ class LearnedSGD(keras.layers.Layer):
         }
 
 
-def optimizer_from_options(
-    inner_lr: float,
-    *,
-    learn_inner_lr: str | None = None,
-    inner_momentum: float | None = None,
-    learn_inner_momentum: bool = False,
-    inner_steps: int | None = None,
-) -> InnerOptimizer:
-    """The inner optimiser that `MAML`'s shorthand options describe.
-
-    Args:
-        inner_lr: The (initial) inner learning rate, > 0.
-        learn_inner_lr: `None`, `"per_parameter"` or
-            `"per_layer_per_step"` (see `LearnedSGD`).
-        inner_momentum: `None` for SGD, else the (initial) momentum.
-        learn_inner_momentum: Whether the momentum is meta-learned.
-        inner_steps: The training step count (per-step rates need it).
-
-    Returns:
-        `SGD`, `Momentum` or, when anything is learned, `LearnedSGD`.
-
-    Raises:
-        ValueError: Naming the option that is out of range.
-    """
-    check_rate("inner_lr", inner_lr)
-    if learn_inner_lr or learn_inner_momentum:
-        return LearnedSGD(
-            inner_lr,
-            rates=learn_inner_lr or None,
-            steps=inner_steps,
-            momentum=inner_momentum,
-            learn_momentum=learn_inner_momentum,
-        )
-    if inner_momentum is None:
-        return SGD(float(inner_lr))
-    return Momentum(float(inner_lr), check_momentum(inner_momentum))
-
-
 def check_recomputable(optimizer: InnerOptimizer) -> None:
     """Recomputed inner steps pass gradients to the weights and the
     optimiser state only, so an optimiser with learned weights is refused.
@@ -444,20 +406,17 @@ def adaptation_trajectory(
     trajectory = [current]
 
     def take_step(step, current, state):
-        moving = [current[i] for i in index]
-        with tf.GradientTape() as tape:
-            tape.watch(moving)
-            with step_scope(step):
-                loss = loss_fn(current, support_x, support_y)
-        gradients = tape.gradient(
-            loss, moving, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        return inner_step(
+            loss_fn,
+            current,
+            state,
+            support_x,
+            support_y,
+            step=step,
+            optimizer=optimizer,
+            first_order=first_order,
+            adapted=adapted,
         )
-        gradients = [_maybe_stop(g, first_order) for g in gradients]
-        updates, state = optimizer.update(gradients, state, step)
-        current = list(current)
-        for i, update in zip(index, updates, strict=True):
-            current[i] = current[i] - update
-        return current, state
 
     for step in range(steps):
         if recompute:
@@ -466,6 +425,56 @@ def adaptation_trajectory(
             current, state = take_step(step, current, state)
         trajectory.append(current)
     return trajectory
+
+
+def inner_step(
+    loss_fn: SupportLoss,
+    weights: Sequence[tf.Tensor],
+    state: Any,
+    support_x: Any,
+    support_y: Any,
+    *,
+    step: int,
+    optimizer: InnerOptimizer,
+    first_order: bool | tf.Tensor = False,
+    adapted: Sequence[bool],
+) -> tuple[list[tf.Tensor], Any]:
+    """One inner step: the update of `optimizer` on `loss_fn`'s gradient.
+
+    `adaptation_trajectory` chains these on one support set; a caller whose
+    support data changes between steps (meta-RL samples new trajectories
+    with the adapted policy before each step) chains them itself, threading
+    `state` (from `optimizer.init` of the adapted weights).
+
+    Args:
+        loss_fn: `loss_fn(weights, x, y)`, the scalar support loss.
+        weights: The current weights, one tensor per variable.
+        state: The optimiser state for the adapted weights.
+        support_x: The support inputs given to `loss_fn`.
+        support_y: The support labels given to `loss_fn`.
+        step: The index of this step (`current_step()` during `loss_fn`).
+        optimizer: The update rule.
+        first_order: Whether the gradient is a constant for outer tapes.
+        adapted: Which weights move.
+
+    Returns:
+        The new weights and the new optimiser state.
+    """
+    index = [i for i, a in enumerate(adapted) if a]
+    moving = [weights[i] for i in index]
+    with tf.GradientTape() as tape:
+        tape.watch(moving)
+        with step_scope(step):
+            loss = loss_fn(weights, support_x, support_y)
+    gradients = tape.gradient(
+        loss, moving, unconnected_gradients=tf.UnconnectedGradients.ZERO
+    )
+    gradients = [_maybe_stop(g, first_order) for g in gradients]
+    updates, state = optimizer.update(gradients, state, step)
+    current = list(weights)
+    for i, update in zip(index, updates, strict=True):
+        current[i] = current[i] - update
+    return current, state
 
 
 def _recomputed(take_step, step, weights, state):

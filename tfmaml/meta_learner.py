@@ -20,6 +20,8 @@ from tfmaml import networks
 from tfmaml.adapted_variables import adapted_mask
 from tfmaml.checks import check_bool
 from tfmaml.checks import check_int
+from tfmaml.checks import check_momentum
+from tfmaml.checks import check_rate
 
 
 class MetaLearner(keras.Model):
@@ -168,6 +170,44 @@ class MetaLearner(keras.Model):
         return cls(**config)
 
 
+def optimizer_from_options(
+    inner_lr: float,
+    *,
+    learn_inner_lr: str | None = None,
+    inner_momentum: float | None = None,
+    learn_inner_momentum: bool = False,
+    inner_steps: int | None = None,
+) -> inner_loop.InnerOptimizer:
+    """The inner optimiser that `MAML`'s shorthand options describe.
+
+    Args:
+        inner_lr: The (initial) inner learning rate, > 0.
+        learn_inner_lr: `None`, `"per_parameter"` or
+            `"per_layer_per_step"` (see `LearnedSGD`).
+        inner_momentum: `None` for SGD, else the (initial) momentum.
+        learn_inner_momentum: Whether the momentum is meta-learned.
+        inner_steps: The training step count (per-step rates need it).
+
+    Returns:
+        `SGD`, `Momentum` or, when anything is learned, `LearnedSGD`.
+
+    Raises:
+        ValueError: Naming the option that is out of range.
+    """
+    check_rate("inner_lr", inner_lr)
+    if learn_inner_lr or learn_inner_momentum:
+        return inner_loop.LearnedSGD(
+            inner_lr,
+            rates=learn_inner_lr or None,
+            steps=inner_steps,
+            momentum=inner_momentum,
+            learn_momentum=learn_inner_momentum,
+        )
+    if inner_momentum is None:
+        return inner_loop.SGD(float(inner_lr))
+    return inner_loop.Momentum(float(inner_lr), check_momentum(inner_momentum))
+
+
 def _resolve_inner_optimizer(
     optimizer: inner_loop.InnerOptimizer | None,
     *,
@@ -202,7 +242,7 @@ def _resolve_inner_optimizer(
             f"inner_momentum={inner_momentum!r}"
         )
     if optimizer is None:
-        optimizer = inner_loop.optimizer_from_options(
+        optimizer = optimizer_from_options(
             0.01 if inner_lr is None else inner_lr,
             learn_inner_lr=learn_inner_lr,
             inner_momentum=inner_momentum,

@@ -1,0 +1,123 @@
+"""Rollouts of a batch of environments inside the TensorFlow graph.
+
+`rollout` runs `K` episodes of each of `B` tasks for the family's horizon in
+one `tf.while_loop`: every step asks the policy for the action
+distribution of all `B x K` agents at once and steps all environments
+together. The noise comes from stateless ops seeded by `(seed, step)`, so a
+rollout is a pure function of the weights, tasks and seed.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tfmaml.checks import check_int
+from tfmaml.rl import policies
+
+
+class Trajectories(NamedTuple):
+    """A batch of episodes, `[tasks, trajectories, time, ...]`.
+
+    `masks` is 1 for the steps an episode took (up to and including the
+    one that terminated it) and 0 after; rewards there are 0.
+    """
+
+    observations: tf.Tensor
+    actions: tf.Tensor
+    rewards: tf.Tensor
+    masks: tf.Tensor
+
+    def returns(self) -> tf.Tensor:
+        """Undiscounted episode returns, `[tasks, trajectories]`."""
+        return tf.reduce_sum(self.rewards * self.masks, axis=-1)
+
+
+# `policy(observations [B, K, obs]) -> outputs [B, K, 2 * actions]`.
+PolicyFn = Callable[[tf.Tensor], tf.Tensor]
+
+
+def rollout(
+    family,
+    policy: PolicyFn,
+    tasks: tf.Tensor,
+    num_trajectories: int,
+    seed: tf.Tensor,
+    *,
+    deterministic: bool = False,
+) -> Trajectories:
+    """Samples `num_trajectories` episodes of every task with `policy`.
+
+    Args:
+        family: The task family (`tfmaml.rl.TaskFamily`).
+        policy: Maps observations `[B, K, obs]` to Gaussian policy outputs
+            `[B, K, 2 * actions]` (each task may use its own weights).
+        tasks: `[B, task_size]`.
+        num_trajectories: Episodes per task (K).
+        seed: A stateless seed, `[2]` int.
+        deterministic: Whether to take the mean actions (no noise).
+            Defaults to `False`.
+
+    Returns:
+        `Trajectories` (constants: no gradient flows into the samples).
+    """
+    check_int("num_trajectories", num_trajectories, minimum=1)
+    horizon = family.horizon
+    tasks = tf.convert_to_tensor(tasks)
+    num_tasks = tf.shape(tasks)[0]
+    expanded = tf.repeat(tasks[:, None], num_trajectories, axis=1)
+    flat_tasks = tf.reshape(expanded, [-1, family.task_size])
+    observations = family.reset(flat_tasks)
+    shape = [num_tasks, num_trajectories]
+
+    def body(t, observations, alive, arrays):
+        outputs = policy(tf.reshape(observations, [*shape, -1]))
+        noise = tf.random.stateless_normal(
+            [*shape, family.action_size],
+            tf.random.experimental.stateless_fold_in(seed, t),
+            dtype=outputs.dtype,
+        )
+        mean, _ = policies.split_outputs(outputs)
+        actions = mean if deterministic else policies.sample(outputs, noise)
+        actions = tf.stop_gradient(actions)
+        flat_actions = tf.reshape(actions, [-1, family.action_size])
+        next_observations, rewards, terminated = family.step(
+            flat_tasks, observations, flat_actions
+        )
+        mask = tf.reshape(alive, shape)
+        arrays = (
+            arrays[0].write(t, tf.reshape(observations, [*shape, -1])),
+            arrays[1].write(t, actions),
+            arrays[2].write(t, tf.reshape(rewards, shape) * mask),
+            arrays[3].write(t, mask),
+        )
+        alive = alive * (1.0 - tf.cast(terminated, alive.dtype))
+        return t + 1, next_observations, alive, arrays
+
+    dtype = observations.dtype
+    k = num_trajectories
+    arrays = tuple(
+        tf.TensorArray(dtype, size=horizon, element_shape=shape)
+        for shape in (
+            [None, k, family.observation_size],
+            [None, k, family.action_size],
+            [None, k],
+            [None, k],
+        )
+    )
+    alive = tf.ones([num_tasks * num_trajectories], dtype)
+    _, _, _, arrays = tf.while_loop(
+        lambda t, *_: t < horizon,
+        body,
+        (tf.constant(0), observations, alive, arrays),
+        parallel_iterations=1,
+    )
+
+    def time_third(array):
+        stacked = array.stack()  # [T, B, K, ...]
+        rank = stacked.shape.rank
+        return tf.stop_gradient(
+            tf.transpose(stacked, [1, 2, 0, *range(3, rank)])
+        )
+
+    return Trajectories(*(time_third(a) for a in arrays))
