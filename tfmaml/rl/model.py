@@ -25,24 +25,19 @@ adds that score-function term (DiCE's first order), for an unbiased
 estimator of the meta-gradient.
 """
 
-from collections.abc import Sequence
 from typing import Any
-from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
 from tfmaml import inner_loop
-from tfmaml import tasks
 from tfmaml.checks import check_bool
 from tfmaml.checks import check_int
 from tfmaml.meta_learner import MetaLearner
 from tfmaml.rl import export
 from tfmaml.rl import policies
-from tfmaml.rl import returns
 from tfmaml.rl import trpo
-from tfmaml.rl.rollouts import Trajectories
-from tfmaml.rl.rollouts import rollout
+from tfmaml.rl.episodes import PolicyAdaptation
 from tfmaml.rl.task_families import SEEDS
 from tfmaml.rl.task_families import TASKS
 
@@ -50,26 +45,8 @@ OUTER_OBJECTIVES = ("trpo", "policy_gradient")
 BASELINES = ("linear", "zero")
 
 
-class Step(NamedTuple):
-    """One inner step's episodes of every task and their advantages."""
-
-    trajectories: Trajectories
-    advantages: tf.Tensor  # [B, K, T]
-
-
-class Collected(NamedTuple):
-    """The episodes of a meta-batch: the support episodes of each inner
-    step, the post-update (query) episodes and their advantages, and the
-    post-update policy's outputs on them (the old policy of the surrogate).
-    """
-
-    support: list[Step]
-    query: Step
-    old_outputs: tf.Tensor  # [B, K, T, 2 * actions]
-
-
 @keras.saving.register_keras_serializable(package="tfmaml")
-class MetaRL(MetaLearner):
+class MetaRL(PolicyAdaptation, MetaLearner):
     """Model-agnostic meta-reinforcement learning with `fit`.
 
     Args:
@@ -245,134 +222,6 @@ class MetaRL(MetaLearner):
         )
         return self._update_metrics(collected)
 
-    # Sampling.
-
-    def collect(
-        self,
-        weights: Sequence[tf.Tensor],
-        task_batch: tf.Tensor,
-        seed: tf.Tensor,
-        *,
-        steps: int,
-        num_trajectories: int | None = None,
-        deterministic_query: bool = False,
-    ) -> Collected:
-        """Samples a meta-batch's episodes: before each inner step with the
-        current (per-task) weights, then after the last step.
-
-        Nothing here is differentiated: the samples are constants, and the
-        inner steps taken to sample are redone, differentiably, by
-        `objective`.
-
-        Args:
-            weights: The initial weights (tensors).
-            task_batch: `[B, task_size]`.
-            seed: `[2]` stateless seed.
-            steps: Inner steps.
-            num_trajectories: Episodes per task and step. Defaults to the
-                model's.
-            deterministic_query: Whether the post-update episodes take the
-                mean actions. Defaults to `False`.
-
-        Returns:
-            A `Collected`.
-        """
-        k = num_trajectories or self.num_trajectories
-        seeds = tf.random.experimental.stateless_split(seed, steps + 1)
-        per_task = [
-            tf.repeat(tf.stop_gradient(w)[None], tf.shape(task_batch)[0], 0)
-            for w in weights
-        ]
-        support = []
-        state = None
-        for step in range(steps):
-            episodes = rollout(
-                self.family,
-                self._policy_fn(per_task),
-                task_batch,
-                k,
-                seeds[step],
-            )
-            advantages = self._advantages(episodes)
-            support.append(Step(episodes, advantages))
-            per_task, state = self._adapt_each(
-                per_task, state, Step(episodes, advantages), step
-            )
-        query = rollout(
-            self.family,
-            self._policy_fn(per_task),
-            task_batch,
-            k,
-            seeds[steps],
-            deterministic=deterministic_query,
-        )
-        old_outputs = self._policy_fn(per_task)(
-            tf.reshape(
-                query.observations,
-                [tf.shape(task_batch)[0], -1, self.family.observation_size],
-            )
-        )
-        old_outputs = tf.reshape(old_outputs, [*_shape3(query.rewards), -1])
-        return Collected(
-            support, Step(query, self._advantages(query)), old_outputs
-        )
-
-    # The objective.
-
-    def objective(
-        self, weights: Sequence[tf.Tensor], collected: Collected
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Per-task outer surrogates `[B]` and mean KLs `[B]` of the
-        post-update policy, as functions of the initial `weights` through
-        the inner steps on `collected`'s support episodes."""
-        weights = list(weights)
-        elems = {
-            "support": [
-                (s.trajectories, s.advantages) for s in collected.support
-            ],
-            "query": (collected.query.trajectories, collected.query.advantages),
-            "old": collected.old_outputs,
-        }
-        if self.sampling_correction:
-            elems["coefficient"] = self._score_coefficients(collected)
-        dtype = collected.query.advantages.dtype
-
-        def per_task(task):
-            fast = list(weights)
-            state = self.inner_optimizer.init(self._adapted_part(fast))
-            log_likelihood = tf.zeros([], dtype)
-            for step, (episodes, advantages) in enumerate(task["support"]):
-                if self.sampling_correction:
-                    log_likelihood += tf.reduce_sum(
-                        self._log_probs(fast, episodes) * episodes.masks
-                    ) / tf.cast(tf.shape(episodes.masks)[0], dtype)
-                fast, state = self._inner_step(
-                    fast, state, episodes, advantages, step
-                )
-            episodes, advantages = task["query"]
-            with inner_loop.step_scope(len(task["support"])):
-                outputs = self._outputs(fast, episodes.observations)
-            log_ratio = policies.log_prob(outputs, episodes.actions) - (
-                policies.log_prob(task["old"], episodes.actions)
-            )
-            masks = episodes.masks
-            count = tf.reduce_sum(masks)
-            surrogate = tf.reduce_sum(tf.exp(log_ratio) * advantages * masks)
-            surrogate /= count
-            if self.sampling_correction:
-                surrogate += tf.stop_gradient(task["coefficient"]) * (
-                    log_likelihood
-                )
-            kl = tf.reduce_sum(policies.kl(task["old"], outputs) * masks)
-            return {"surrogate": surrogate, "kl": kl / count}
-
-        spec = {
-            "surrogate": tf.TensorSpec([], dtype),
-            "kl": tf.TensorSpec([], dtype),
-        }
-        outputs = tasks.map_tasks(per_task, elems, spec, task_loop=self._loop())
-        return outputs["surrogate"], outputs["kl"]
-
     def _trpo_step(self, weights, collected):
         """The trust-region step (list like `weights`), the KL after it and
         the fraction of the natural step the line search kept."""
@@ -427,6 +276,28 @@ class MetaRL(MetaLearner):
         _, kl = evaluate(fraction)
         return step, kl, fraction
 
+    def meta_gradient(
+        self, task_batch: tf.Tensor, seed: tf.Tensor
+    ) -> list[tf.Tensor]:
+        """The meta-gradient estimate of one meta-batch: the gradient of
+        the mean outer surrogate with respect to the policy's weights,
+        through the inner steps (what TRPO preconditions and
+        `outer="policy_gradient"` ascends).
+
+        Args:
+            task_batch: `[B, task_size]`.
+            seed: `[2]` stateless seed of the rollouts.
+
+        Returns:
+            One tensor per trainable weight of the policy.
+        """
+        weights = self._weights()
+        collected = self.collect(
+            weights, task_batch, seed, steps=self.inner_steps
+        )
+        gradients, _ = self._policy_gradient(weights, collected)
+        return [-g for g in gradients]
+
     def _policy_gradient(self, weights, collected):
         with tf.GradientTape() as tape:
             tape.watch(weights)
@@ -438,35 +309,6 @@ class MetaRL(MetaLearner):
         return gradients, tf.reduce_mean(kl)
 
     # Adaptation at test and serving time.
-
-    def adapted_weights(
-        self,
-        observations: tf.Tensor,
-        actions: tf.Tensor,
-        rewards: tf.Tensor,
-        *,
-        masks: tf.Tensor | None = None,
-        steps: int | None = None,
-    ) -> list[tf.Tensor]:
-        """The policy's weights after `steps` inner steps on one task's
-        episodes `[K, T, ...]` (all on these episodes: at serving time
-        there are no others). Defaults to `inner_steps` steps."""
-        steps = self.inner_steps if steps is None else steps
-        observations = tf.convert_to_tensor(observations)
-        rewards = tf.cast(rewards, observations.dtype)
-        if masks is None:
-            masks = tf.ones_like(rewards)
-        episodes = Trajectories(
-            observations, tf.cast(actions, observations.dtype), rewards, masks
-        )
-        advantages = self._task_advantages(episodes)
-        fast = self._weights()
-        state = self.inner_optimizer.init(self._adapted_part(fast))
-        for step in range(steps):
-            fast, state = self._inner_step(
-                fast, state, episodes, advantages, step, first_order=True
-            )
-        return fast
 
     def act(self, observations: tf.Tensor, weights=None, steps: int = 0):
         """Mean actions `[N, actions]` of the policy on `weights` (default:
@@ -508,146 +350,8 @@ class MetaRL(MetaLearner):
 
     # Internals.
 
-    def _weights(self):
-        return [
-            tf.convert_to_tensor(v) for v in self.base_model.trainable_variables
-        ]
-
-    def _adapted_part(self, weights):
-        return [w for w, a in zip(weights, self._adapted, strict=True) if a]
-
     def _loop(self):
         return self.task_loop
-
-    def _outputs(self, weights, observations):
-        """Policy outputs for observations `[..., obs]` on `weights`."""
-        shape = tf.shape(observations)
-        flat = tf.reshape(observations, [-1, self.family.observation_size])
-        outputs, _, _ = tasks.run_network(
-            self.base_model,
-            weights,
-            tasks.network_state(self.base_model),
-            flat,
-            False,
-        )
-        return tf.reshape(outputs, tf.concat([shape[:-1], [-1]], 0))
-
-    def _log_probs(self, weights, episodes):
-        outputs = self._outputs(weights, episodes.observations)
-        return policies.log_prob(outputs, episodes.actions)
-
-    def _inner_loss(self, weights, episodes, advantages):
-        """The policy-gradient surrogate's negative: `-mean(log pi * A)`
-        over the unmasked steps of one task's episodes."""
-        log_probs = self._log_probs(weights, episodes)
-        masks = episodes.masks
-        return -tf.reduce_sum(log_probs * advantages * masks) / tf.reduce_sum(
-            masks
-        )
-
-    def _inner_step(
-        self, weights, state, episodes, advantages, step, first_order=None
-    ):
-        return inner_loop.inner_step(
-            lambda w, x, y: self._inner_loss(w, x, y),
-            weights,
-            state,
-            episodes,
-            advantages,
-            step=step,
-            optimizer=self.inner_optimizer,
-            first_order=self.first_order_now()
-            if first_order is None
-            else first_order,
-            adapted=self._adapted,
-        )
-
-    def _task_advantages(self, episodes):
-        return returns.advantages(
-            episodes.observations,
-            episodes.rewards,
-            episodes.masks,
-            discount=self.discount,
-            gae_lambda=self.gae_lambda,
-            baseline=self.baseline,
-            normalized=self.normalize_advantages,
-        )
-
-    def _advantages(self, episodes):
-        """Each task's advantages, `[B, K, T]`."""
-        return tasks.map_tasks(
-            self._task_advantages,
-            episodes,
-            tf.TensorSpec(None, episodes.rewards.dtype),
-            task_loop="map",
-        )
-
-    def _adapt_each(self, per_task, state, step_data, step):
-        """One inner step of every task from its own weights (sampling)."""
-        template = (
-            self.inner_optimizer.init(
-                self._adapted_part([w[0] for w in per_task])
-            )
-            if state is None
-            else None
-        )
-        if state is None:
-            state = tf.nest.map_structure(
-                lambda s: tf.repeat(s[None], tf.shape(per_task[0])[0], 0),
-                template,
-            )
-
-        def one(task):
-            new, new_state = self._inner_step(
-                task["weights"],
-                task["state"],
-                task["episodes"],
-                task["advantages"],
-                step,
-                first_order=True,
-            )
-            return {"weights": new, "state": new_state}
-
-        elems = {
-            "weights": per_task,
-            "state": state,
-            "episodes": step_data.trajectories,
-            "advantages": step_data.advantages,
-        }
-        spec = {
-            "weights": [tf.TensorSpec(w.shape[1:], w.dtype) for w in per_task],
-            "state": tf.nest.map_structure(
-                lambda s: tf.TensorSpec(s.shape[1:], s.dtype), state
-            ),
-        }
-        out = tasks.map_tasks(one, elems, spec, task_loop=self._loop())
-        return [tf.stop_gradient(w) for w in out["weights"]], out["state"]
-
-    def _policy_fn(self, per_task):
-        """Observations `[B, K, obs]` -> outputs, each task on its weights."""
-
-        def policy(observations):
-            def one(task):
-                return self._outputs(task["weights"], task["observations"])
-
-            return tf.vectorized_map(
-                one, {"weights": per_task, "observations": observations}
-            )
-
-        return policy
-
-    def _score_coefficients(self, collected):
-        """Per task: its post-update mean return per step, minus the mean
-        over the other tasks (a baseline that keeps it unbiased)."""
-        query = collected.query.trajectories
-        per_step = tf.reduce_mean(query.returns(), axis=1) / tf.cast(
-            tf.shape(query.rewards)[-1], query.rewards.dtype
-        )
-        count = tf.cast(tf.shape(per_step)[0], per_step.dtype)
-        others = (tf.reduce_sum(per_step) - per_step) / tf.maximum(
-            count - 1.0, 1.0
-        )
-        return per_step - tf.where(count > 1.0, others, tf.zeros_like(others))
 
     def _cross_replica_mean(self, value):
         context = tf.distribute.get_replica_context()
@@ -677,12 +381,8 @@ class MetaRL(MetaLearner):
         return logs
 
 
-def _shape3(tensor):
-    shape = tf.shape(tensor)
-    return [shape[0], shape[1], shape[2]]
-
-
 def _unpack(data, family):
+    data, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     if not isinstance(data, dict) or TASKS not in data or SEEDS not in data:
         raise ValueError(
             f"A MetaRL batch is a dict with keys {[TASKS, SEEDS]} (see "
@@ -718,7 +418,8 @@ def _check_policy(policy, family):
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(
-            f"`{name}` must be one of {list(allowed)}. Received: {name}={value!r}"
+            f"`{name}` must be one of {list(allowed)}. "
+            f"Received: {name}={value!r}"
         )
 
 

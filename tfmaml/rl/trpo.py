@@ -23,9 +23,7 @@ def unflatten(vector: tf.Tensor, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """Splits a vector into tensors shaped like `like` (static shapes)."""
     sizes = [t.shape.num_elements() for t in like]
     parts = tf.split(vector, sizes)
-    return [
-        tf.reshape(p, t.shape) for p, t in zip(parts, like, strict=True)
-    ]
+    return [tf.reshape(p, t.shape) for p, t in zip(parts, like, strict=True)]
 
 
 def conjugate_gradient(
