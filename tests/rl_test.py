@@ -183,7 +183,7 @@ def test_inner_step_is_sgd_on_the_policy_gradient_surrogate(float64):
     episodes = rl.Trajectories(
         observations, actions, rewards, tf.ones_like(rewards)
     )
-    advantages = model._task_advantages(episodes)
+    advantages = model._advantages(episodes)
     initial = [v.numpy() for v in policy.trainable_variables]
     for i, weight in enumerate(initial):
         numeric = np.zeros_like(weight)

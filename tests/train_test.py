@@ -218,3 +218,35 @@ def test_per_step_batch_norm_comes_from_the_config():
     # Meta-learned, not adapted: the inner loop leaves them out.
     assert not any(layer.name in model.inner_variables for layer in norms)
     assert "conv_0" in model.inner_variables
+
+
+@pytest.mark.slow
+def test_navigation_smoke_run_trains_evaluates_and_exports(tmp_path):
+    args = [
+        "--config=" + str(CONFIGS / "navigation2d.py") + ":smoke",
+        "--workdir=run",
+    ]
+    trained = _run(
+        "tfmaml.train",
+        *args,
+        "--export_dir=exported",
+        "--fit_verbose=0",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "average return (95% CI)" in trained.stdout
+    assert "signatures act and adapt_and_act" in trained.stdout
+    evaluated = _run(
+        "tfmaml.evaluate",
+        *args,
+        "--pretrained_workdir=run",
+        cwd=tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "random init" in evaluated.stdout
+    assert "pretrained" in evaluated.stdout
+    for figure in ("returns.png", "paths.png"):
+        assert (tmp_path / "run" / figure).stat().st_size > 1000
+    served = tf.saved_model.load(str(tmp_path / "exported"))
+    out = served.act(observations=np.zeros((3, 2), "float32"))
+    assert out["actions"].shape == (3, 2) and out["stddev"].shape == (2,)

@@ -7,7 +7,6 @@ them (`predict_with_weights`), and a Keras copy of the network that holds
 them (`adapted_copy`, behind `MAML.adapt`).
 """
 
-from collections.abc import MutableMapping
 from typing import Any
 
 import keras
@@ -62,7 +61,15 @@ def predict_with_weights(
 ) -> tf.Tensor:
     """Runs `network` in inference mode on other weights, as it is after
     `steps` inner steps (per-step layers pick their row), leaving its
-    variables untouched."""
+    variables untouched.
+
+    Args:
+        network: The base network.
+        weights: One tensor per trainable variable.
+        x: Inputs `[N, ...]`.
+        steps: The inner step whose per-step parameters to use. Defaults to
+            `0`.
+    """
     state = tasks.network_state(network)
     with inner_loop.step_scope(steps):
         predictions, _, _ = tasks.run_network(network, weights, state, x, False)
@@ -75,7 +82,7 @@ def adapted_copy(
     support_y: Any,
     steps: int,
     *,
-    functions: MutableMapping,
+    functions: Any,
 ) -> keras.Model:
     """A copy of `model.base_model` with the weights adapted to one task.
 
@@ -84,8 +91,8 @@ def adapted_copy(
         support_x: One task's support inputs, `[S, ...]`.
         support_y: Their labels.
         steps: Inner steps.
-        functions: Where the traced `tf.function` per step count is kept
-            between calls.
+        functions: `cached_function(key, make)` keeping the traced
+            `tf.function` per step count between calls (the model's).
 
     Returns:
         A built Keras model.
@@ -106,13 +113,14 @@ def adapted_copy(
         None,
     )
     batches.check_label_rank(model.base_model, episode, model.label_kind)
-    key = ("adapt", steps)
-    if key not in functions:
-        functions[key] = tf.function(
+    adapt = functions(
+        ("adapt", steps),
+        lambda: tf.function(
             lambda x, y: adapted_weights(model, x, y, steps),
             reduce_retracing=True,
-        )
-    fast = functions[key](support_x, support_y)
+        ),
+    )
+    fast = adapt(support_x, support_y)
     return networks.clone_with_weights(
         model.base_model, fast, support_x, step=steps
     )

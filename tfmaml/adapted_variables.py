@@ -14,10 +14,12 @@ import keras
 
 def walk_layers(network: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """Yields `network` and every layer nested in it, depth first.
-
     Keras' public `Model.layers` lists only a model's direct children and
     none of a plain layer's; the private `_flatten_layers` walks them all,
     and this is the one place tfmaml calls it.
+
+    Args:
+        network: A Keras layer or model.
     """
     yield from network._flatten_layers(include_self=True, recursive=True)
 
@@ -63,6 +65,9 @@ def head_layer_names(network: keras.layers.Layer) -> list[str]:
     """The name of the last layer of `network` with trainable weights and
     no sublayers (ANIL adapts only it).
 
+    Args:
+        network: A built Keras network.
+
     Raises:
         ValueError: If no layer has trainable weights.
     """
@@ -86,7 +91,12 @@ def names_without_normalization(
 ) -> list[str]:
     """The names of the layers with trainable weights and no sublayers,
     except those of class `normalization` (MAML++ keeps per-step batch norm
-    out of the inner loop)."""
+    out of the inner loop).
+
+    Args:
+        network: A built Keras network.
+        normalization: The normalisation layer class to leave out.
+    """
     return [
         layer.name
         for layer in walk_layers(network)

@@ -138,6 +138,11 @@ def check_label_rank(
     class indices, else the output's rank (or one less when the output has
     one value per example, as Keras' losses align them).
 
+    Args:
+        base_model: The base network.
+        episode: The validated meta-batch.
+        kind: What the labels are (`tfmaml.labels.label_kind`).
+
     Raises:
         ValueError: Naming the labels, their shape and the rank needed.
     """
@@ -166,5 +171,9 @@ def check_label_rank(
 
 
 def merge_task_axis(tensor: tf.Tensor) -> tf.Tensor:
-    """`[tasks, examples, ...]` -> `[tasks * examples, ...]`."""
+    """`[tasks, examples, ...]` -> `[tasks * examples, ...]`.
+
+    Args:
+        tensor: `[tasks, examples, ...]`.
+    """
     return tf.reshape(tensor, tf.concat([[-1], tf.shape(tensor)[2:]], axis=0))

@@ -5,6 +5,11 @@ argument and the value received."""
 def check_int(name: str, value, *, minimum: int) -> int:
     """Returns `value` if it is an int (not a bool) >= `minimum`.
 
+    Args:
+        name: The argument's name, for the error.
+        value: The value received.
+        minimum: The smallest value allowed.
+
     Raises:
         ValueError: If `value` is not an int or is below `minimum`.
     """
@@ -20,12 +25,22 @@ def check_int(name: str, value, *, minimum: int) -> int:
 
 
 def check_optional_int(name: str, value, *, minimum: int) -> int | None:
-    """`check_int`, letting `None` through."""
+    """`check_int`, letting `None` through.
+
+    Args:
+        name: The argument's name, for the error.
+        value: The value received.
+        minimum: The smallest value allowed.
+    """
     return None if value is None else check_int(name, value, minimum=minimum)
 
 
 def check_bool(name: str, value) -> bool:
     """Returns `value` if it is a bool.
+
+    Args:
+        name: The argument's name, for the error.
+        value: The value received.
 
     Raises:
         TypeError: If it is not.
@@ -37,6 +52,10 @@ def check_bool(name: str, value) -> bool:
 
 def check_rate(name: str, value) -> float:
     """Returns `value` as a float if it is a finite number > 0.
+
+    Args:
+        name: The argument's name, for the error.
+        value: The value received.
 
     Raises:
         TypeError: If it is not a number.
@@ -57,6 +76,9 @@ def check_rate(name: str, value) -> float:
 
 def check_momentum(value) -> float:
     """Returns `value` if it is in [0, 1).
+
+    Args:
+        value: The value received.
 
     Raises:
         ValueError: Naming `inner_momentum` and the value.

@@ -8,6 +8,8 @@ from ml_collections import config_flags
 
 from tfmaml import configs
 from tfmaml import evaluation
+from tfmaml import experiment
+from tfmaml import rl
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "sinusoid.py")
 MODEL_FILE = "model.keras"
@@ -32,26 +34,52 @@ def define_flags() -> None:
 
 
 def workdir(config) -> str:
-    """The `--workdir` flag, or `workdirs/<config.name>`."""
+    """The `--workdir` flag, or `workdirs/<config.name>`.
+
+    Args:
+        config: The experiment config.
+    """
     return flags.FLAGS.workdir or os.path.join("workdirs", config.name)
 
 
 def check_no_arguments(argv) -> None:
-    """Refuses positional arguments: everything is a flag."""
+    """Refuses positional arguments: everything is a flag.
+
+    Args:
+        argv: `app.run`'s arguments (the program name only).
+    """
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
 
 
 def evaluate_and_report(model, config, test, workdir) -> None:
     """Evaluates on the test tasks after `config.eval_step_counts` inner
-    steps, prints the table and writes it to `workdir/evaluation.txt`."""
-    results = evaluation.evaluate_adaptation(
-        model,
-        test,
-        step_counts=tuple(config.eval_step_counts),
-        num_tasks=config.eval_tasks,
-    )
-    table = evaluation.format_results(results)
+    steps, prints the table and writes it to `workdir/evaluation.txt`.
+
+    Args:
+        model: The trained model.
+        config: Its config.
+        test: The test split's dataset.
+        workdir: Where `evaluation.txt` goes.
+    """
+    if experiment.is_rl(config):
+        task_batch = next(iter(test))[rl.task_families.TASKS]
+        results = rl.evaluate_returns(
+            model,
+            task_batch,
+            step_counts=tuple(config.eval_step_counts),
+            num_trajectories=config.eval_num_trajectories,
+            seed=config.seed,
+        )
+        table = rl.format_returns(results)
+    else:
+        results = evaluation.evaluate_adaptation(
+            model,
+            test,
+            step_counts=tuple(config.eval_step_counts),
+            num_tasks=config.eval_tasks,
+        )
+        table = evaluation.format_results(results)
     print(table)
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")

@@ -20,6 +20,13 @@ from tfmaml import cli
 from tfmaml import experiment
 
 cli.define_flags()
+flags.DEFINE_string(
+    "pretrained_workdir",
+    None,
+    "Meta-RL: the workdir of a run with `--config.inner_steps=0` (the "
+    "`pretrained` variant), evaluated beside the model as the paper's "
+    "'pretrained' baseline.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -41,6 +48,57 @@ def main(argv):
     cli.evaluate_and_report(model, config, splits.test, workdir)
     if config.task == "sinusoid":
         _plot_sinusoid(model, config, os.path.join(workdir, "sinusoid.png"))
+    if experiment.is_rl(config):
+        _compare_rl_baselines(model, config, splits.test, workdir)
+
+
+def _compare_rl_baselines(model, config, test, workdir):
+    """Evaluates the random-initialisation baseline (and the pretrained one
+    if given) beside the model; writes the table and, with matplotlib, the
+    return-vs-steps and paths figures."""
+    import keras
+    import numpy as np
+
+    from tfmaml import rl
+
+    task_batch = next(iter(test))[rl.task_families.TASKS]
+    keras.utils.set_random_seed(config.seed + 1)
+    models = {"MAML": model, "random init": experiment.build_model(config)}
+    if FLAGS.pretrained_workdir:
+        models["pretrained"] = keras.models.load_model(
+            os.path.join(FLAGS.pretrained_workdir, cli.MODEL_FILE)
+        )
+    results = {
+        name: rl.evaluate_returns(
+            m,
+            task_batch,
+            step_counts=tuple(config.eval_step_counts),
+            num_trajectories=config.eval_num_trajectories,
+            seed=config.seed,
+        )
+        for name, m in models.items()
+    }
+    tables = [rl.format_returns(r, name) for name, r in results.items()]
+    print("\n\n".join(tables[1:]))
+    with open(os.path.join(workdir, "evaluation.txt"), "a") as f:
+        f.write("\n" + "\n\n".join(tables) + "\n")
+    try:
+        from tfmaml import plots
+    except ImportError:
+        print('Skipped the figures: they need matplotlib ("tfmaml[plot]").')
+        return
+    plots.plot_returns(
+        results, os.path.join(workdir, "returns.png"), title=config.name
+    )
+    rollouts = rl.evaluation.sample_adaptation(
+        model, task_batch[:3], steps=1, num_trajectories=1, seed=config.seed
+    )
+    plots.plot_navigation_paths(
+        rollouts.observations,
+        np.asarray(task_batch[:3]),
+        os.path.join(workdir, "paths.png"),
+    )
+    print(f"Wrote {workdir}/returns.png and paths.png")
 
 
 def _plot_sinusoid(model, config, path):

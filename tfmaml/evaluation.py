@@ -88,7 +88,11 @@ def evaluate_adaptation(
 
 
 def format_results(results: Sequence[StepResult]) -> str:
-    """Renders results as a plain-text table."""
+    """Renders results as a plain-text table.
+
+    Args:
+        results: `StepResult`s from `evaluate_adaptation`.
+    """
     lines = ["inner steps | tasks | query loss (95% CI) | accuracy (95% CI)"]
     for r in results:
         accuracy = (

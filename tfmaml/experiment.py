@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfmaml import algorithms
 from tfmaml import data
 from tfmaml import networks
+from tfmaml import rl
 from tfmaml.adapted_variables import names_without_normalization
 from tfmaml.data import Splits
 from tfmaml.model import MAML
@@ -74,13 +75,25 @@ IMAGE_SOURCES: dict[str, ImageSource] = {
         _mini_imagenet, data.sources.MINI_IMAGENET_IMAGE_SHAPE
     ),
 }
-TASKS = ("sinusoid", *IMAGE_SOURCES)
+TASKS = ("sinusoid", *IMAGE_SOURCES, *rl.FAMILIES)
+
+
+def is_rl(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config is a meta-RL experiment (`tfmaml.rl`).
+
+    Args:
+        config: The experiment config.
+    """
+    return config.task in rl.FAMILIES
 
 
 def configure_runtime(config: ml_collections.ConfigDict) -> None:
     """Applies the config's process-wide settings: op determinism, thread
     pools and the Keras dtype policy. Call it before TensorFlow runs
     anything (thread pools are fixed once it has).
+
+    Args:
+        config: The experiment config.
 
     Raises:
         ValueError: If `config.precision` is not a supported policy.
@@ -107,9 +120,11 @@ def build_strategy(
     config: ml_collections.ConfigDict,
 ) -> tf.distribute.Strategy:
     """The config's `tf.distribute` strategy.
-
     The meta-batch is split along the task axis across replicas, so
     `meta_batch_size` must divide by their number.
+
+    Args:
+        config: The experiment config.
 
     Raises:
         ValueError: If `config.strategy` is unknown or the meta-batch does
@@ -135,6 +150,10 @@ def check_meta_batch(
 ) -> None:
     """Each replica adapts an equal share of the meta-batch's tasks.
 
+    Args:
+        strategy: The distribution strategy.
+        meta_batch_size: Tasks per meta-batch.
+
     Raises:
         ValueError: If `meta_batch_size` does not divide by the replicas.
     """
@@ -148,7 +167,11 @@ def check_meta_batch(
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's outputs (worker 0)."""
+    """Whether this process writes the run's outputs (worker 0).
+
+    Args:
+        strategy: The distribution strategy.
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     return resolver is None or not resolver.task_id
 
@@ -172,6 +195,8 @@ def build_splits(
     """
     if config.task in IMAGE_SOURCES:
         return _image_splits(config, train_start)
+    if is_rl(config):
+        return _rl_splits(config, train_start)
     if config.task != "sinusoid":
         raise ValueError(
             f"Unknown `task` {config.task!r}; known tasks: {list(TASKS)}."
@@ -210,14 +235,22 @@ def build_splits(
 def build_preprocessing(
     config: ml_collections.ConfigDict,
 ) -> keras.Model | None:
-    """The image preprocessing of the config (`None` for sinusoid)."""
+    """The image preprocessing of the config (`None` for sinusoid).
+
+    Args:
+        config: The experiment config.
+    """
     if config.task not in IMAGE_SOURCES:
         return None
     return data.preprocessing(tuple(config.image_size), invert=config.invert)
 
 
 def raw_example_shape(config: ml_collections.ConfigDict) -> tuple | None:
-    """The shape of one example as the data set stores it, or `None`."""
+    """The shape of one example as the data set stores it, or `None`.
+
+    Args:
+        config: The experiment config.
+    """
     if config.task in IMAGE_SOURCES:
         return IMAGE_SOURCES[config.task].raw_shape
     return None
@@ -225,6 +258,9 @@ def raw_example_shape(config: ml_collections.ConfigDict) -> tuple | None:
 
 def build_network(config: ml_collections.ConfigDict) -> keras.Model:
     """Returns the config's base network, built.
+
+    Args:
+        config: The experiment config.
 
     Raises:
         ValueError: If `config.network` is unknown.
@@ -252,12 +288,18 @@ def build_network(config: ml_collections.ConfigDict) -> keras.Model:
     )
 
 
-def build_model(config: ml_collections.ConfigDict) -> MAML:
-    """Returns the config's model (`config.algorithm`), compiled.
+def build_model(config: ml_collections.ConfigDict) -> keras.Model:
+    """Returns the config's model, compiled: `config.algorithm` around the
+    config's network, or for meta-RL a `tfmaml.rl.MetaRL`.
+
+    Args:
+        config: The experiment config.
 
     Raises:
         ValueError: If `config.algorithm` is unknown.
     """
+    if is_rl(config):
+        return _rl_model(config)
     if config.algorithm not in algorithms.ALGORITHMS:
         raise ValueError(
             f"Unknown `algorithm` {config.algorithm!r}; known algorithms: "
@@ -295,6 +337,10 @@ def build_model(config: ml_collections.ConfigDict) -> MAML:
 
 def compile_model(model: MAML, config: ml_collections.ConfigDict) -> None:
     """Compiles `model` with the config's optimizer, loss and metrics.
+
+    Args:
+        model: The model to compile.
+        config: The experiment config.
 
     Raises:
         ValueError: If `config.lr_schedule` is unknown.
@@ -354,3 +400,104 @@ def _image_splits(config, train_start):
             num_batches=-(-config.eval_tasks // eval_batch),
         ),
     )
+
+
+def checkpoint_monitor(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """The validation log that picks the best checkpoint, and its mode:
+    the query loss (lower is better), or for meta-RL the adapted return.
+
+    Args:
+        config: The experiment config.
+    """
+    return ("val_return", "max") if is_rl(config) else ("val_loss", "min")
+
+
+def export_model(
+    model: keras.Model, config: ml_collections.ConfigDict, export_dir: str
+) -> str:
+    """Exports the trained model as a SavedModel that adapts itself when
+    served; returns the names of its signatures.
+
+    Args:
+        model: The trained model.
+        config: Its config.
+        export_dir: Where the SavedModel goes.
+    """
+    if is_rl(config):
+        model.export(export_dir)
+        return "act and adapt_and_act"
+    raw_shape = raw_example_shape(config)
+    model.export(
+        export_dir,
+        input_signature=(
+            None
+            if raw_shape is None
+            else tf.TensorSpec((None, *raw_shape), tf.float32)
+        ),
+        preprocessing=build_preprocessing(config),
+    )
+    return "serving_default and adapt_and_predict"
+
+
+def build_family(config: ml_collections.ConfigDict) -> rl.TaskFamily:
+    """The config's meta-RL task family.
+
+    Args:
+        config: A meta-RL config (`config.task` names the family).
+    """
+    return rl.FAMILIES[config.task](horizon=config.horizon)
+
+
+def _rl_splits(config, train_start):
+    family = build_family(config)
+
+    def stream(split, meta_batch_size, **kwargs):
+        return rl.task_batches(
+            family,
+            meta_batch_size,
+            seed=config.seed + _SPLIT_SEED_OFFSETS[split],
+            **kwargs,
+        )
+
+    return Splits(
+        train=stream("train", config.meta_batch_size, start=train_start),
+        validation=stream(
+            "validation",
+            config.meta_batch_size,
+            num_batches=config.validation_batches,
+        ),
+        test=stream("test", config.eval_tasks, num_batches=1),
+    )
+
+
+def _rl_model(config):
+    family = build_family(config)
+    policy = rl.gaussian_mlp(
+        family.observation_size,
+        family.action_size,
+        hidden_units=tuple(config.hidden_units),
+        activation=config.activation,
+    )
+    model = rl.MetaRL(
+        policy,
+        family,
+        inner_lr=config.inner_lr,
+        inner_steps=config.inner_steps,
+        first_order=config.first_order,
+        num_trajectories=config.num_trajectories,
+        discount=config.discount,
+        gae_lambda=config.gae_lambda,
+        outer=config.outer,
+        max_kl=config.max_kl,
+        sampling_correction=config.sampling_correction,
+    )
+    model.compile(
+        optimizer=(
+            keras.optimizers.SGD(1.0)
+            if config.outer == "trpo"
+            else keras.optimizers.Adam(config.learning_rate)
+        ),
+        steps_per_execution=config.steps_per_execution,
+        jit_compile=config.jit_compile,
+    )
+    return model

@@ -34,6 +34,16 @@ def export_model(
     """`export_saved_model` with the arguments of `keras.Model.export`
     (what `MAML.export` takes).
 
+    Args:
+        model: A compiled `tfmaml.MAML`.
+        filepath: The SavedModel directory.
+        format: Only `"tf_saved_model"`.
+        verbose: Whether to print the signatures.
+        input_signature: Optional `tf.TensorSpec` of a batch of served
+            inputs.
+        preprocessing: Optional Keras model applied to served inputs.
+        **kwargs: Not supported; named in the error.
+
     Raises:
         ValueError: For another `format` or unknown arguments.
     """

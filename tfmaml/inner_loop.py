@@ -49,7 +49,11 @@ _STEP = contextvars.ContextVar("tfmaml_inner_step", default=None)
 def step_scope(step: int) -> Iterator[None]:
     """Runs the network as it is after `step` inner steps (see
     `current_step`); `adaptation_trajectory` enters it around each support
-    loss, `tfmaml.MAML` around query predictions."""
+    loss, `tfmaml.MAML` around query predictions.
+
+    Args:
+        step: The inner step.
+    """
     token = _STEP.set(int(step))
     try:
         yield
@@ -322,6 +326,9 @@ def check_recomputable(optimizer: InnerOptimizer) -> None:
     """Recomputed inner steps pass gradients to the weights and the
     optimiser state only, so an optimiser with learned weights is refused.
 
+    Args:
+        optimizer: The inner optimiser.
+
     Raises:
         ValueError: Naming the learned weights.
     """
@@ -525,8 +532,14 @@ def adapt(
     **kwargs,
 ) -> list[tf.Tensor]:
     """Returns the weights after the inner steps on one task.
-
     The last entry of `adaptation_trajectory`; see there for the arguments.
+
+    Args:
+        loss_fn: As for `adaptation_trajectory`.
+        weights: The initial weights.
+        support_x: The task's support inputs.
+        support_y: The task's support labels.
+        **kwargs: `adaptation_trajectory`'s keyword arguments.
     """
     return adaptation_trajectory(
         loss_fn, weights, support_x, support_y, **kwargs

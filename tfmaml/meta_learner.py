@@ -108,6 +108,14 @@ class MetaLearner(keras.Model):
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
+    def cached_function(self, key: Any, make: Any) -> Any:
+        """`make()` (e.g. a `tf.function`) built once per `key` and kept out
+        of Keras' and SavedModel's tracking, so repeated calls reuse its
+        traces."""
+        if key not in self._untracked:
+            self._untracked[key] = make()
+        return self._untracked[key]
+
     def first_order_now(self) -> bool | tf.Tensor:
         """`first_order`, or, with derivative-order annealing, a tensor that
         is true for the first `first_order_steps` meta-steps."""

@@ -423,7 +423,7 @@ class MAML(MetaLearner):
         )
         self._check_compiled()
         return adaptation.adapted_copy(
-            self, support_x, support_y, steps, functions=self._untracked
+            self, support_x, support_y, steps, functions=self.cached_function
         )
 
     def adapted_weights(self, support_x, support_y, steps: int) -> list:

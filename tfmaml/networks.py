@@ -407,6 +407,11 @@ def check_base_network(
 ) -> None:
     """Refuses what `tfmaml.MAML` cannot meta-train.
 
+    Args:
+        network: The base network.
+        first_order: Whether the model is first order (any layer is then
+            exact).
+
     Raises:
         TypeError: If `network` is not a Keras layer or model.
         ValueError: If it is not built, has no trainable variables, or,
@@ -446,7 +451,11 @@ def check_base_network(
 
 
 def step_norms(network: keras.layers.Layer) -> list[BatchNormalization]:
-    """The per-step (MAML++) `BatchNormalization` layers in `network`."""
+    """The per-step (MAML++) `BatchNormalization` layers in `network`.
+
+    Args:
+        network: A Keras network.
+    """
     return [
         layer
         for layer in walk_layers(network)
@@ -463,6 +472,12 @@ def clone_with_weights(
 ) -> keras.Model:
     """A copy of `network` with `weights` as its trainable variables, its
     non-trainable state, and per-step layers set to row `step`.
+
+    Args:
+        network: The base network.
+        weights: One tensor per trainable variable.
+        example_x: Inputs that build the copy if it is not built.
+        step: The row per-step layers use. Defaults to `0`.
 
     Raises:
         ValueError: If `keras.models.clone_model` does not rebuild the

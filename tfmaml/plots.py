@@ -1,5 +1,7 @@
 """Figures. Needs matplotlib (`pip install "tfmaml[plot]"`)."""
 
+from collections.abc import Sequence
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -48,5 +50,77 @@ def plot_sinusoid_adaptation(
     axes.plot(task.support_x[0], task.support_y[0], "k^", label="used for grad")
     axes.set_title(f"MAML, K={num_shots}")
     axes.legend(loc="lower right", fontsize="small")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_returns(
+    results: dict[str, Sequence], path: str, *, title: str = ""
+) -> None:
+    """Draws the average return (95% CI) against inner steps, one line per
+    model, as the MAML paper's RL figures.
+
+    Args:
+        results: `{name: [tfmaml.rl.StepReturn, ...]}`.
+        path: Where to write the PNG.
+        title: The figure's title. Defaults to none.
+    """
+    figure, axes = plt.subplots(figsize=(5, 4))
+    for name, rows in results.items():
+        steps = [r.steps for r in rows]
+        means = np.array([r.mean for r in rows])
+        errors = np.array([r.ci95 for r in rows])
+        axes.errorbar(steps, means, yerr=errors, marker="o", label=name)
+    axes.set_xlabel("number of gradient steps")
+    axes.set_ylabel("average return")
+    axes.set_xticks(
+        sorted({r.steps for rows in results.values() for r in rows})
+    )
+    if title:
+        axes.set_title(title)
+    axes.legend(loc="lower right", fontsize="small")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_navigation_paths(
+    observations: np.ndarray,
+    goals: np.ndarray,
+    path: str,
+    *,
+    step_labels: Sequence[str] = ("pre-update", "1 grad step"),
+) -> None:
+    """Draws the agent's paths in 2D navigation before and after
+    adaptation for a few goals, as the MAML paper's Figure 4.
+
+    Args:
+        observations: `[steps + 1, tasks, K, T, 2]` positions
+            (`tfmaml.rl.evaluation.sample_adaptation`); the first episode of
+            each task and step is drawn.
+        goals: `[tasks, 2]`.
+        path: Where to write the PNG.
+        step_labels: Labels of the steps drawn, in order. Defaults to
+            pre-update and one step.
+    """
+    count = len(goals)
+    figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.2))
+    axes = np.atleast_1d(axes)
+    styles = ("b:", "g-", "r--", "m-.")
+    for task, ax in enumerate(axes):
+        for step, (label, style) in enumerate(
+            zip(step_labels, styles, strict=False)
+        ):
+            points = observations[step, task, 0]
+            ax.plot(
+                np.r_[0.0, points[:, 0]],
+                np.r_[0.0, points[:, 1]],
+                style,
+                label=label,
+            )
+        ax.plot(*goals[task], "k*", markersize=12, label="goal")
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_aspect("equal")
+    axes[0].legend(loc="lower left", fontsize="x-small")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)

@@ -43,6 +43,11 @@ UNCOMPILED = TaskMetrics(None, None, (), ())
 def compile_task_metrics(loss, metrics, weighted_metrics) -> TaskMetrics:
     """The per-task loss and metrics of `compile`'s arguments.
 
+    Args:
+        loss: `compile`'s loss.
+        metrics: `compile`'s metrics.
+        weighted_metrics: `compile`'s weighted metrics.
+
     Raises:
         ValueError: If the loss cannot be interpreted, or `metrics` is not
             a list.
@@ -61,7 +66,14 @@ def task_loss(
 ) -> tf.Tensor:
     """One task's loss: the mean of `example_loss`'s per-example values,
     weighted by `sample_weight` (`sum(weight * loss) / examples`, as Keras
-    reduces)."""
+    reduces).
+
+    Args:
+        example_loss: `fn(y_true, y_pred)` per-example values.
+        y_true: One task's labels.
+        y_pred: The predictions.
+        sample_weight: Optional `[examples]` weights.
+    """
     values = tf.convert_to_tensor(example_loss(y_true, y_pred))
     values = tf.cast(values, y_pred.dtype)
     if sample_weight is not None:
@@ -73,7 +85,11 @@ def task_loss(
 
 def per_example_loss(loss) -> Callable:
     """Resolves a Keras loss identifier to `fn(y_true, y_pred)` returning
-    per-example (unreduced) values."""
+    per-example (unreduced) values.
+
+    Args:
+        loss: A Keras loss name, `keras.losses.Loss` or function.
+    """
     resolved = keras.losses.get(loss)
     if isinstance(resolved, keras.losses.Loss):
         return resolved.call
@@ -90,7 +106,13 @@ def update_task_metrics(
 ) -> dict:
     """Updates `model`'s loss trackers and per-task metrics from a
     meta-batch's `TaskResults` and returns the logs (without the `pre_`
-    ones when the results have no pre-adaptation predictions)."""
+    ones when the results have no pre-adaptation predictions).
+
+    Args:
+        model: A compiled `tfmaml.MAML`.
+        episode: The meta-batch.
+        results: Its `TaskResults`.
+    """
     tasks = tf.shape(results.loss)[0]
     model._loss_tracker.update_state(
         tf.reduce_mean(results.loss), sample_weight=tasks
@@ -180,6 +202,12 @@ def build_metrics(
 ) -> tuple:
     """`(metric, weighted)` pairs for `compile`'s `metrics` (unweighted)
     and `weighted_metrics`, named with `prefix`.
+
+    Args:
+        metrics: `compile`'s metrics.
+        weighted_metrics: `compile`'s weighted metrics.
+        kind: What the labels are.
+        prefix: Prefixes the metric names (`"pre_"`).
 
     Raises:
         ValueError: If `metrics` or `weighted_metrics` is not a list.

@@ -374,6 +374,13 @@ def run_network(
     """Runs `network` on `weights` and `state` without touching its
     variables.
 
+    Args:
+        network: The network.
+        weights: One tensor per trainable variable.
+        state: One tensor per non-trainable variable.
+        x: The inputs.
+        training: The `training` flag.
+
     Returns:
         The outputs (cast to float32 from a mixed-precision float16 or
         bfloat16, so that losses and their gradients are float32), the new
@@ -390,7 +397,11 @@ def run_network(
 
 
 def network_state(network: keras.layers.Layer) -> list[tf.Tensor]:
-    """The current values of `network`'s non-trainable variables."""
+    """The current values of `network`'s non-trainable variables.
+
+    Args:
+        network: The network.
+    """
     return [tf.convert_to_tensor(v) for v in network.non_trainable_variables]
 
 

@@ -40,7 +40,6 @@ FLAGS = flags.FLAGS
 def main(argv):
     cli.check_no_arguments(argv)
     import keras
-    import tensorflow as tf
 
     config = FLAGS.config
     workdir = cli.workdir(config)
@@ -72,7 +71,8 @@ def main(argv):
         ),
         keras.callbacks.ModelCheckpoint(
             os.path.join(checkpoints, "best.keras"),
-            monitor="val_loss",
+            monitor=experiment.checkpoint_monitor(config)[0],
+            mode=experiment.checkpoint_monitor(config)[1],
             save_best_only=True,
         ),
     ]
@@ -96,20 +96,8 @@ def main(argv):
 
     cli.evaluate_and_report(model, config, splits.test, workdir)
 
-    raw_shape = experiment.raw_example_shape(config)
-    model.export(
-        export_dir,
-        input_signature=(
-            None
-            if raw_shape is None
-            else tf.TensorSpec((None, *raw_shape), tf.float32)
-        ),
-        preprocessing=experiment.build_preprocessing(config),
-    )
-    print(
-        f"Exported a SavedModel to {export_dir} (signatures "
-        "serving_default and adapt_and_predict)"
-    )
+    signatures = experiment.export_model(model, config, export_dir)
+    print(f"Exported a SavedModel to {export_dir} (signatures {signatures})")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ BACKUP_FILE = "latest.weights.h5"
 
 
 def optimizer_step(model: keras.Model) -> int:
-    """The optimizer's step count (a mirrored variable under a strategy)."""
+    """The optimizer's step count (a mirrored variable under a strategy).
+
+    Args:
+        model: A compiled model.
+    """
     return int(model.optimizer.iterations.numpy())
 
 

@@ -87,7 +87,13 @@ def prepare(
     *,
     batch_size: int = 1024,
 ) -> ClassIndexedImages:
-    """Applies `preprocess` once to every image of `source` (float32)."""
+    """Applies `preprocess` once to every image of `source` (float32).
+
+    Args:
+        source: The split's raw images.
+        preprocess: A Keras model applied to them; `None` returns `source`.
+        batch_size: Images per call. Defaults to `1024`.
+    """
     if preprocess is None:
         return source
     images = np.concatenate(
@@ -269,10 +275,19 @@ class DeviceEpisodes:
             )
 
 
-def gather_episodes(images, indices, num_shots, rotations):
+def gather_episodes(
+    images: tf.Tensor, indices: tuple, num_shots: int, rotations: bool
+) -> tuple[dict, tf.Tensor]:
     """Collects the episodes `(x, y)` in the `tfmaml.MAML` layout from the
     class-indexed `images` and sampled `(rows [B, N, K+Q], turns [B, N])`
-    (quarter turns of each class, applied with `rotations`)."""
+    (quarter turns of each class, applied with `rotations`).
+
+    Args:
+        images: The class-indexed images of a split.
+        indices: Sampled `(rows [B, N, K+Q], turns [B, N])`.
+        num_shots: Support examples per class (K).
+        rotations: Whether to apply the quarter turns.
+    """
     rows, turns = indices
     x = tf.gather(images, rows)  # [B, N, K+Q, H, W, C]
     if rotations:

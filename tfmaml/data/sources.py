@@ -154,8 +154,12 @@ def from_dataset(
     name: str = "dataset",
 ) -> ClassIndexedImages:
     """Reads a finite `tf.data.Dataset` of `(image, label)` into memory.
-
     Works for a TFDS split loaded with `as_supervised=True`.
+
+    Args:
+        dataset: A finite dataset of `(image, label)`.
+        class_names: Names of integer labels. Defaults to the ids.
+        name: The split's name, for error messages.
     """
     images, labels = [], []
     for image, label in dataset.batch(1024).as_numpy_iterator():
@@ -175,6 +179,11 @@ def select_classes(
     source: ClassIndexedImages, names: Sequence[str], *, name: str
 ) -> ClassIndexedImages:
     """The subset of `source` made of the classes `names`, in that order.
+
+    Args:
+        source: The images of several classes.
+        names: The classes to keep, by name.
+        name: The new split's name.
 
     Raises:
         ValueError: Naming the classes that `source` lacks.
@@ -292,10 +301,13 @@ def omniglot_from_tfds(
     split: str = "train+test", *, data_dir: str | None = None
 ) -> ClassIndexedImages:
     """Loads Omniglot through `tfds.load("omniglot")` (downloads if needed).
-
     The TFDS splits are `train` (background), `test` (evaluation), `small1`
     and `small2`. Classes are named `Alphabet/characterNN` as with
     `omniglot_from_archives`, so the same split functions apply.
+
+    Args:
+        split: The TFDS split(s) to load.
+        data_dir: TFDS's data directory. Defaults to TFDS's own.
     """
     import tensorflow_datasets as tfds
 
@@ -322,7 +334,6 @@ def omniglot_splits(
     source: ClassIndexedImages, *, split: str = "auto", seed: int = 1
 ) -> Splits:
     """Splits Omniglot characters into train, validation and test classes.
-
     - `"maml"`: the MAML paper's split of all 1623 characters, shuffled with
       `seed`: 1100 train, 100 validation, 423 test.
     - `"subsets"`: for the two small background subsets: test on the
@@ -332,6 +343,12 @@ def omniglot_splits(
       (enough for 20-way episodes).
     - `"auto"`: `"maml"` when all 1623 characters are there, else
       `"subsets"`.
+
+    Args:
+        source: Omniglot images with their alphabets.
+        split: `"maml"`, `"subsets"` or `"auto"` (the MAML split when all
+            1623 characters are there).
+        seed: Seeds the MAML split's shuffle.
 
     Raises:
         ValueError: If `split` is unknown, or the characters do not fit it.
@@ -409,7 +426,11 @@ def cifar_fs_splits(source: ClassIndexedImages) -> Splits:
 
 
 def cifar_fs_from_tfds(*, data_dir: str | None = None) -> Splits:
-    """CIFAR-FS from TFDS `cifar100` (downloads if needed)."""
+    """CIFAR-FS from TFDS `cifar100` (downloads if needed).
+
+    Args:
+        data_dir: TFDS's data directory. Defaults to TFDS's own.
+    """
     import tensorflow_datasets as tfds
 
     dataset, info = tfds.load(
@@ -427,10 +448,12 @@ def cifar_fs_from_tfds(*, data_dir: str | None = None) -> Splits:
 
 def cifar_fs_from_archive(directory: str | os.PathLike) -> Splits:
     """CIFAR-FS from the official CIFAR-100 binary archive in `directory`.
-
     Reads `cifar-100-binary.tar.gz` (train and test records together, as
     CIFAR-FS pools them; fine labels named by `fine_label_names.txt`)
     without unpacking it.
+
+    Args:
+        directory: Holds `cifar-100-binary.tar.gz`.
 
     Raises:
         FileNotFoundError: Naming the missing archive.
@@ -472,10 +495,13 @@ def mini_imagenet_splits(
     directory: str | os.PathLike, *, image_size: int = 84
 ) -> Splits:
     """mini-ImageNet from a directory with the Ravi and Larochelle split.
-
     `directory` holds `train.csv`, `val.csv` and `test.csv` (header
     `filename,label`) and an `images/` folder with the files they name.
     Images are decoded and resized to `image_size` squared RGB.
+
+    Args:
+        directory: Holds `images/` and the split CSVs.
+        image_size: The side images are resized to. Defaults to `84`.
 
     Raises:
         FileNotFoundError: Naming a missing CSV or image.

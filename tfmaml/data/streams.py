@@ -16,7 +16,13 @@ def indexed_stream(
     start: int = 0,
 ) -> tf.data.Dataset:
     """Maps batch indices `start, start + 1, ...` (up to `num_batches`, or
-    forever) through `make_batch`, in parallel and in order, prefetched."""
+    forever) through `make_batch`, in parallel and in order, prefetched.
+
+    Args:
+        make_batch: Maps a batch index (int64 scalar) to a batch.
+        num_batches: The index to stop before, or `None` for forever.
+        start: The first index. Defaults to `0`.
+    """
     indices = (
         tf.data.Dataset.counter(start)
         if num_batches is None
@@ -28,7 +34,13 @@ def indexed_stream(
 
 
 def batch_seeds(seed: int, index: tf.Tensor, count: int) -> tf.Tensor:
-    """`count` independent stateless seeds for batch `index`."""
+    """`count` independent stateless seeds for batch `index`.
+
+    Args:
+        seed: The stream's seed.
+        index: The batch index.
+        count: How many seeds.
+    """
     return tf.random.experimental.stateless_split(
         tf.stack([tf.constant(seed, tf.int64), index]), num=count
     )

@@ -194,7 +194,7 @@ class PolicyAdaptation:
         episodes = Trajectories(
             observations, tf.cast(actions, observations.dtype), rewards, masks
         )
-        advantages = self._task_advantages(episodes)
+        advantages = self._advantages(episodes)
         fast = self._weights()
         state = self.inner_optimizer.init(self._adapted_part(fast))
         for step in range(steps):
@@ -254,7 +254,7 @@ class PolicyAdaptation:
             adapted=self._adapted,
         )
 
-    def _task_advantages(self, episodes):
+    def _advantages(self, episodes):
         return returns.advantages(
             episodes.observations,
             episodes.rewards,
@@ -263,15 +263,6 @@ class PolicyAdaptation:
             gae_lambda=self.gae_lambda,
             baseline=self.baseline,
             normalized=self.normalize_advantages,
-        )
-
-    def _advantages(self, episodes):
-        """Each task's advantages, `[B, K, T]`."""
-        return tasks.map_tasks(
-            self._task_advantages,
-            episodes,
-            tf.TensorSpec(None, episodes.rewards.dtype),
-            task_loop="map",
         )
 
     def _adapt_each(self, per_task, state, step_data, step):

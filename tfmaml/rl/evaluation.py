@@ -53,7 +53,6 @@ def sample_adaptation(
         `Rollouts`.
     """
 
-    @tf.function
     def run(task_batch, seed):
         collected = model.collect(
             model._weights(),
@@ -68,8 +67,12 @@ def sample_adaptation(
         observations = tf.stack([t.observations for t in every])
         return returns, observations
 
+    function = model.cached_function(
+        ("sample_adaptation", steps, num_trajectories),
+        lambda: tf.function(run, reduce_retracing=True),
+    )
     seed = tf.constant([seed, 0], tf.int64)
-    returns, observations = run(tf.convert_to_tensor(task_batch), seed)
+    returns, observations = function(tf.convert_to_tensor(task_batch), seed)
     return Rollouts(returns.numpy(), observations.numpy())
 
 
@@ -111,7 +114,12 @@ def evaluate_returns(
 
 
 def format_returns(results: Sequence[StepReturn], title: str = "") -> str:
-    """Renders results as a plain-text table."""
+    """Renders results as a plain-text table.
+
+    Args:
+        results: `StepReturn`s from `evaluate_returns`.
+        title: A line above the table. Defaults to none.
+    """
     lines = [title] if title else []
     lines.append("inner steps | tasks | average return (95% CI)")
     for r in results:

@@ -91,14 +91,23 @@ def gaussian_mlp(
 
 
 def split_outputs(outputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """`[..., 2 * actions]` policy outputs -> `(mean, log_std)`."""
+    """`[..., 2 * actions]` policy outputs -> `(mean, log_std)`.
+
+    Args:
+        outputs: Policy outputs `[..., 2 * actions]`.
+    """
     mean, log_std = tf.split(outputs, 2, axis=-1)
     return mean, log_std
 
 
 def log_prob(outputs: tf.Tensor, actions: tf.Tensor) -> tf.Tensor:
     """The log-density of `actions [..., actions]` under the policy's
-    diagonal Gaussian, summed over action dimensions: `[...]`."""
+    diagonal Gaussian, summed over action dimensions: `[...]`.
+
+    Args:
+        outputs: Policy outputs `[..., 2 * actions]`.
+        actions: `[..., actions]`.
+    """
     mean, log_std = split_outputs(outputs)
     z = (tf.cast(actions, mean.dtype) - mean) * tf.exp(-log_std)
     per_dim = -0.5 * tf.square(z) - log_std - 0.5 * math.log(2.0 * math.pi)
@@ -107,7 +116,12 @@ def log_prob(outputs: tf.Tensor, actions: tf.Tensor) -> tf.Tensor:
 
 def kl(old_outputs: tf.Tensor, new_outputs: tf.Tensor) -> tf.Tensor:
     """`KL(old || new)` between diagonal Gaussians, summed over action
-    dimensions: `[...]`."""
+    dimensions: `[...]`.
+
+    Args:
+        old_outputs: The first policy's outputs.
+        new_outputs: The second policy's outputs.
+    """
     old_mean, old_log_std = split_outputs(old_outputs)
     new_mean, new_log_std = split_outputs(new_outputs)
     ratio = tf.exp(2.0 * (old_log_std - new_log_std))
@@ -117,6 +131,11 @@ def kl(old_outputs: tf.Tensor, new_outputs: tf.Tensor) -> tf.Tensor:
 
 
 def sample(outputs: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
-    """Actions `mean + std * noise` for standard normal `noise`."""
+    """Actions `mean + std * noise` for standard normal `noise`.
+
+    Args:
+        outputs: Policy outputs `[..., 2 * actions]`.
+        noise: Standard normal `[..., actions]`.
+    """
     mean, log_std = split_outputs(outputs)
     return mean + tf.exp(log_std) * tf.cast(noise, mean.dtype)

@@ -2,9 +2,11 @@
 
 Everything works on one task's trajectories, `[trajectories, time, ...]`,
 with `masks [trajectories, time]` that are 1 for the steps an episode
-took (up to and including the step that terminated it) and 0 after. These
-are the deterministic parts of the policy-gradient estimator; the tests
-check them against finite differences and direct loops.
+took (up to and including the step that terminated it) and 0 after, or on
+a batch of tasks at once: any leading axes are task axes, each task fitted
+and normalised on its own (no loop over tasks). These are the
+deterministic parts of the policy-gradient estimator; the tests check
+them against finite differences and direct loops.
 """
 
 import tensorflow as tf
@@ -38,12 +40,18 @@ def discounted_cumsum(values: tf.Tensor, discount: float) -> tf.Tensor:
 
 
 def baseline_features(observations: tf.Tensor) -> tf.Tensor:
-    """rllab's linear baseline features of `[K, T, obs]` observations:
-    `[obs, obs^2, t, t^2, t^3, 1]` with `t = step / 100`: `[K, T, F]`."""
+    """rllab's linear baseline features of `[..., K, T, obs]` observations:
+    `[obs, obs^2, t, t^2, t^3, 1]` with `t = step / 100`: `[..., K, T, F]`.
+
+    Args:
+        observations: `[..., K, T, obs]`.
+    """
     clipped = tf.clip_by_value(observations, -_CLIP, _CLIP)
-    shape = tf.shape(observations)
-    steps = tf.cast(tf.range(shape[1]), observations.dtype) / _TIME_SCALE
-    steps = tf.broadcast_to(steps[None, :, None], [shape[0], shape[1], 1])
+    steps = tf.cast(tf.range(tf.shape(observations)[-2]), observations.dtype)
+    steps = steps[:, None] / _TIME_SCALE
+    steps = tf.broadcast_to(
+        steps, tf.concat([tf.shape(observations)[:-1], [1]], 0)
+    )
     return tf.concat(
         [
             clipped,
@@ -66,26 +74,25 @@ def fit_linear_baseline(
 ) -> tf.Tensor:
     """The weights of the ridge regression of `returns` on the features.
 
-    Minimises `sum(mask * (features @ w - returns)^2) + l2 * |w|^2` in
-    closed form (solved in float64).
+    Minimises `sum(mask * (features @ w - returns)^2) + l2 * |w|^2` per
+    task in closed form (solved in float64).
 
     Args:
-        observations: `[K, T, obs]`.
-        returns: `[K, T]` discounted returns-to-go.
-        masks: `[K, T]`.
+        observations: `[..., K, T, obs]`.
+        returns: `[..., K, T]` discounted returns-to-go.
+        masks: `[..., K, T]`.
         l2: The ridge coefficient. Defaults to `1e-5` (rllab's).
 
     Returns:
-        `[F]` weights, in float64.
+        `[..., F]` weights, in float64.
     """
     features = tf.cast(baseline_features(observations), tf.float64)
-    features = tf.reshape(features, [-1, features.shape[-1]])
-    weights = tf.reshape(tf.cast(masks, tf.float64), [-1, 1])
-    targets = tf.reshape(tf.cast(returns, tf.float64), [-1, 1])
-    gram = tf.matmul(features * weights, features, transpose_a=True)
+    weights = tf.cast(masks, tf.float64)
+    targets = tf.cast(returns, tf.float64)
+    gram = tf.einsum("...ktf,...kt,...ktg->...fg", features, weights, features)
     gram += l2 * tf.eye(features.shape[-1], dtype=tf.float64)
-    moment = tf.matmul(features * weights, targets, transpose_a=True)
-    return tf.linalg.solve(gram, moment)[:, 0]
+    moment = tf.einsum("...ktf,...kt,...kt->...f", features, weights, targets)
+    return tf.linalg.solve(gram, moment[..., None])[..., 0]
 
 
 def linear_baseline(
@@ -94,12 +101,19 @@ def linear_baseline(
     masks: tf.Tensor,
     discount: float,
 ) -> tf.Tensor:
-    """Values `[K, T]` of the linear baseline fitted to these trajectories'
-    discounted returns-to-go (0 where masked)."""
+    """Values `[..., K, T]` of the linear baseline fitted to these
+    trajectories' discounted returns-to-go (0 where masked).
+
+    Args:
+        observations: `[..., K, T, obs]`.
+        rewards: `[..., K, T]`.
+        masks: `[..., K, T]`.
+        discount: The discount factor.
+    """
     returns = discounted_cumsum(rewards * masks, discount)
     weights = fit_linear_baseline(observations, returns, masks)
     features = tf.cast(baseline_features(observations), tf.float64)
-    values = tf.linalg.matvec(features, weights)
+    values = tf.einsum("...ktf,...f->...kt", features, weights)
     return tf.cast(values, rewards.dtype) * masks
 
 
@@ -112,24 +126,41 @@ def gae(
     gae_lambda: float,
 ) -> tf.Tensor:
     """Generalised advantage estimates (Schulman et al. 2016), `[K, T]`.
-
     `delta_t = r_t + discount * V_{t+1} - V_t` (no value after the last
     step or a termination), summed with factor `discount * gae_lambda`.
     `gae_lambda=1` gives returns-to-go minus the baseline.
+
+    Args:
+        rewards: `[..., K, T]`.
+        values: Baseline values `[..., K, T]`.
+        masks: `[..., K, T]`.
+        discount: The discount factor.
+        gae_lambda: GAE's lambda.
     """
     rewards = rewards * masks
     values = values * masks
-    later = tf.concat([values[:, 1:], tf.zeros_like(values[:, :1])], axis=1)
+    later = tf.concat(
+        [values[..., 1:], tf.zeros_like(values[..., :1])], axis=-1
+    )
     deltas = (rewards + discount * later - values) * masks
     return discounted_cumsum(deltas, discount * gae_lambda) * masks
 
 
 def normalize(advantages: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
-    """Advantages centred and scaled to unit variance over the unmasked
-    steps (rllab's `center_adv`); 0 where masked."""
-    count = tf.reduce_sum(masks)
-    mean = tf.reduce_sum(advantages * masks) / count
-    variance = tf.reduce_sum(tf.square(advantages - mean) * masks) / count
+    """Advantages `[..., K, T]` centred and scaled to unit variance over
+    each task's unmasked steps (rllab's `center_adv`); 0 where masked.
+
+    Args:
+        advantages: `[..., K, T]`.
+        masks: `[..., K, T]`.
+    """
+    axes = [-2, -1]
+    count = tf.reduce_sum(masks, axes, keepdims=True)
+    mean = tf.reduce_sum(advantages * masks, axes, keepdims=True) / count
+    variance = (
+        tf.reduce_sum(tf.square(advantages - mean) * masks, axes, keepdims=True)
+        / count
+    )
     return (advantages - mean) / (tf.sqrt(variance) + 1e-8) * masks
 
 
@@ -143,12 +174,13 @@ def advantages(
     baseline: str = "linear",
     normalized: bool = True,
 ) -> tf.Tensor:
-    """One task's advantages: baseline, GAE and (optionally) normalisation.
+    """Advantages of one task's (or each task's) episodes: baseline, GAE
+    and (optionally) normalisation.
 
     Args:
-        observations: `[K, T, obs]`.
-        rewards: `[K, T]`.
-        masks: `[K, T]`.
+        observations: `[..., K, T, obs]`.
+        rewards: `[..., K, T]`.
+        masks: `[..., K, T]`.
         discount: The discount factor.
         gae_lambda: GAE's lambda.
         baseline: `"linear"` (rllab's feature baseline, fitted to these
@@ -156,7 +188,7 @@ def advantages(
         normalized: Whether to centre and scale them. Defaults to `True`.
 
     Returns:
-        `[K, T]`, constants for any tape (samples, not parameters).
+        `[..., K, T]`, constants for any tape (samples, not parameters).
     """
     if baseline == "linear":
         values = linear_baseline(observations, rewards, masks, discount)

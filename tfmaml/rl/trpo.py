@@ -15,12 +15,21 @@ import tensorflow as tf
 
 
 def flatten(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-    """Concatenates tensors into one vector."""
+    """Concatenates tensors into one vector.
+
+    Args:
+        tensors: Tensors of any shapes.
+    """
     return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
 
 
 def unflatten(vector: tf.Tensor, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    """Splits a vector into tensors shaped like `like` (static shapes)."""
+    """Splits a vector into tensors shaped like `like` (static shapes).
+
+    Args:
+        vector: A vector as long as their sizes together.
+        like: Tensors with static shapes.
+    """
     sizes = [t.shape.num_elements() for t in like]
     parts = tf.split(vector, sizes)
     return [tf.reshape(p, t.shape) for p, t in zip(parts, like, strict=True)]
