@@ -107,3 +107,17 @@ def test_unadapted_weights_stay_and_rates_may_vary_per_step():
     first = w - 0.1 * 2.0 / 8 * tf.transpose(x) @ (x @ w + bias - y)
     second = first - 0.01 * 2.0 / 8 * tf.transpose(x) @ (x @ first + bias - y)
     np.testing.assert_allclose(trajectory[2][0], second, rtol=1e-11)
+
+
+def test_a_sequence_of_rates_sets_each_step_and_the_last_repeats():
+    x, y, w = _problem(4)
+    rates = (0.1, 0.05)
+    trajectory = inner_loop.adaptation_trajectory(
+        _least_squares, [w], x, y, steps=3, optimizer=inner_loop.SGD(rates)
+    )
+    current = w
+    for step, rate in enumerate((0.1, 0.05, 0.05), start=1):
+        current = current - rate * 2.0 / 8 * tf.transpose(x) @ (x @ current - y)
+        np.testing.assert_allclose(trajectory[step][0], current, rtol=1e-11)
+    config = inner_loop.SGD(rates).get_config()
+    assert config == {"learning_rate": [0.1, 0.05]}

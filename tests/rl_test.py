@@ -96,10 +96,19 @@ def test_meta_gradient_estimator_matches_its_closed_form(float64, estimator):
     )
     tasks = tf.fill([400, 1], tf.constant(GOAL, tf.float64))
     estimate = tf.function(
-        lambda seed: model.meta_gradient(tasks, seed)[0][0, 0]
+        lambda seeds: model.meta_gradient(tasks, seeds)[0][0, 0]
     )
     samples = np.array(
-        [float(estimate(tf.constant([7, i], tf.int64))) for i in range(100)]
+        [
+            float(
+                estimate(
+                    tf.random.stateless_uniform(
+                        [400, 2], [7, i], maxval=2**30, dtype=tf.int64
+                    )
+                )
+            )
+            for i in range(100)
+        ]
     )
     mean = samples.mean()
     error = samples.std(ddof=1) / np.sqrt(len(samples))
@@ -242,8 +251,9 @@ def test_rollouts_are_seeded_and_masked_after_termination():
         mean = tf.broadcast_to(tf.constant([0.5, 0.0]), tf.shape(observations))
         return tf.concat([mean, tf.fill(tf.shape(mean), -20.0)], -1)
 
-    first = rl.rollout(family, toward_goal, goals, 3, tf.constant([1, 2]))
-    again = rl.rollout(family, toward_goal, goals, 3, tf.constant([1, 2]))
+    seeds = tf.constant([[1, 2], [3, 4]])
+    first = rl.rollout(family, toward_goal, goals, 3, seeds)
+    again = rl.rollout(family, toward_goal, goals, 3, seeds)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     # Task 0 reaches its goal at the first step: the rest is masked.
@@ -256,9 +266,42 @@ def test_rollouts_are_seeded_and_masked_after_termination():
         lambda o: tf.reshape(policy(tf.reshape(o, [-1, 2])), [2, 3, 4]),
         goals,
         3,
-        tf.constant([1, 3]),
+        seeds,
     )
     assert other.observations.shape == (2, 3, 5, 2)
+    # A task's episodes do not depend on the other tasks of the batch.
+    alone = rl.rollout(family, toward_goal, goals[1:], 3, seeds[1:])
+    np.testing.assert_array_equal(alone.actions[0], first.actions[1])
+
+
+class _BrokenNavigation(rl.Navigation2D):
+    def step(self, tasks, observations, actions):
+        position, reward, terminated = super().step(
+            tasks, observations, actions
+        )
+        return position, reward / 0.0 * 0.0, terminated  # NaN
+
+
+def test_non_finite_rewards_are_an_error_not_a_quiet_nan():
+    family = _BrokenNavigation(horizon=3)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="_BrokenNavigation.step.*NaN"
+    ):
+        rl.rollout(
+            family,
+            lambda o: tf.zeros([*o.shape[:2], 4]),
+            tf.zeros([2, 2]),
+            2,
+            tf.zeros([2, 2], tf.int32),
+        )
+    model = rl.MetaRL(rl.gaussian_mlp(2, 2), rl.Navigation2D(horizon=3))
+    rewards = np.array([[0.0, np.inf, 0.0], [0.0, 0.0, 0.0]], "float32")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rewards"):
+        model.adapted_weights(
+            np.zeros((2, 3, 2), "float32"),
+            np.zeros((2, 3, 2), "float32"),
+            rewards,
+        )
 
 
 def test_bad_input_is_named():

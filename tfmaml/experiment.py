@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfmaml import algorithms
 from tfmaml import data
+from tfmaml import inner_loop
 from tfmaml import networks
 from tfmaml import rl
 from tfmaml.adapted_variables import names_without_normalization
@@ -478,10 +479,12 @@ def _rl_model(config):
         hidden_units=tuple(config.hidden_units),
         activation=config.activation,
     )
+    rates = (config.inner_lr, config.later_inner_lr)
     model = rl.MetaRL(
         policy,
         family,
-        inner_lr=config.inner_lr,
+        inner_lr=None,
+        inner_optimizer=inner_loop.SGD(rates),
         inner_steps=config.inner_steps,
         first_order=config.first_order,
         num_trajectories=config.num_trajectories,

@@ -37,9 +37,11 @@ from tfmaml.checks import check_momentum
 from tfmaml.checks import check_rate
 
 SupportLoss = Callable[[list[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]
-# A learning rate: one number or tensor for all, or `rate(step, index)`
-# giving the rate (broadcastable to weight `index`) of inner step `step`.
-Rate = float | tf.Tensor | Callable[[int, int], Any]
+# A learning rate: one number or tensor for all, a sequence of numbers (the
+# rate of each inner step, the last one for later steps), or
+# `rate(step, index)` giving the rate (broadcastable to weight `index`) of
+# inner step `step`.
+Rate = float | tf.Tensor | Sequence[float] | Callable[[int, int], Any]
 
 
 _STEP = contextvars.ContextVar("tfmaml_inner_step", default=None)
@@ -101,7 +103,9 @@ class SGD:
     """Plain gradient descent: `update = rate(step, i) * gradient`.
 
     Args:
-        learning_rate: A number, or `rate(step, index)` (not saved with a
+        learning_rate: A number; a sequence of numbers, one per inner step
+            (the last for later steps: e.g. `(0.5, 0.25)`, the MAML RL
+            test-time schedule); or `rate(step, index)` (not saved with a
             model).
     """
 
@@ -557,6 +561,10 @@ def _maybe_stop(gradient, first_order):
 
 
 def _number(name, value):
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) for v in value
+    ):
+        return list(value)
     if not isinstance(value, (int, float)):
         raise ValueError(
             f"Only numbers are saved as an inner optimiser's `{name}`; a "
@@ -569,6 +577,8 @@ def _number(name, value):
 def _rate(rate, step, index, dtype):
     if callable(rate):
         rate = rate(step, index)
+    elif isinstance(rate, (list, tuple)):
+        rate = rate[min(step, len(rate) - 1)]
     return _as_dtype(rate, dtype)
 
 

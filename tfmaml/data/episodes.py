@@ -199,10 +199,12 @@ class DeviceEpisodes:
 
     Args:
         source: As for `episodes`.
-        num_ways, num_shots, num_queries, meta_batch_size, seed, rotations:
-            As for `episodes`.
+        *episode_args: `episodes`' `num_ways`, `num_shots`, `num_queries`
+            and `meta_batch_size` (one definition, `_index_sampler`, checks
+            both).
         device: Where the images live, e.g. `"/GPU:0"`. Defaults to the
             first GPU, else the CPU.
+        **episode_kwargs: `episodes`' `seed` and `rotations`.
 
     Example:
 
@@ -219,28 +221,11 @@ class DeviceEpisodes:
     """
 
     def __init__(
-        self,
-        source,
-        num_ways: int,
-        num_shots: int,
-        num_queries: int,
-        meta_batch_size: int,
-        *,
-        seed: int = 0,
-        rotations: bool = False,
-        device: str | None = None,
+        self, source, *episode_args, device: str | None = None, **episode_kwargs
     ):
-        self._sample = _index_sampler(
-            source,
-            num_ways,
-            num_shots,
-            num_queries,
-            meta_batch_size,
-            seed=seed,
-            rotations=rotations,
-        )
-        self.num_shots = num_shots
-        self.rotations = rotations
+        self._sample = _index_sampler(source, *episode_args, **episode_kwargs)
+        self.num_shots = self._sample.num_shots
+        self.rotations = self._sample.rotations
         if device is None:
             gpus = tf.config.list_logical_devices("GPU")
             device = gpus[0].name if gpus else "/CPU:0"
@@ -311,6 +296,8 @@ def gather_episodes(
 class _IndexSampler(NamedTuple):
     source: ClassIndexedImages
     sample: Callable
+    num_shots: int
+    rotations: bool
 
     def __call__(self, index):
         return self.sample(index)
@@ -323,8 +310,8 @@ def _index_sampler(
     num_queries,
     meta_batch_size,
     *,
-    seed,
-    rotations,
+    seed=0,
+    rotations=False,
 ):
     """Validates the request and returns the stateless sampler of batch
     `index`'s `(rows [B, N, K+Q], turns [B, N])`."""
@@ -381,7 +368,7 @@ def _index_sampler(
         rows = tf.gather(starts, base)[..., None] + picked
         return rows, turns
 
-    return _IndexSampler(source, sample)
+    return _IndexSampler(source, sample, num_shots, rotations)
 
 
 def _as_class_indexed(source):

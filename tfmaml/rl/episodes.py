@@ -38,6 +38,9 @@ class Collected(NamedTuple):
     support: list[Step]
     query: Step
     old_outputs: tf.Tensor  # [B, K, T, 2 * actions]
+    # The initial policy's outputs on the first support episodes (`None`
+    # without inner steps): the old policy of the pre-update KL.
+    pre_outputs: tf.Tensor | None = None
 
 
 class PolicyAdaptation:
@@ -47,7 +50,7 @@ class PolicyAdaptation:
         self,
         weights: Sequence[tf.Tensor],
         task_batch: tf.Tensor,
-        seed: tf.Tensor,
+        seeds: tf.Tensor,
         *,
         steps: int,
         num_trajectories: int | None = None,
@@ -63,7 +66,7 @@ class PolicyAdaptation:
         Args:
             weights: The initial weights (tensors).
             task_batch: `[B, task_size]`.
-            seed: `[2]` stateless seed.
+            seeds: Each task's stateless seed, `[B, 2]`.
             steps: Inner steps.
             num_trajectories: Episodes per task and step. Defaults to the
                 model's.
@@ -74,7 +77,17 @@ class PolicyAdaptation:
             A `Collected`.
         """
         k = num_trajectories or self.num_trajectories
-        seeds = tf.random.experimental.stateless_split(seed, steps + 1)
+        # [steps + 1, B, 2]: each task's seed of each round of sampling.
+        seeds = tf.transpose(
+            tf.map_fn(
+                lambda seed: tf.random.experimental.stateless_split(
+                    seed, steps + 1
+                ),
+                seeds,
+                fn_output_signature=tf.TensorSpec([steps + 1, 2], seeds.dtype),
+            ),
+            [1, 0, 2],
+        )
         per_task = [
             tf.repeat(tf.stop_gradient(w)[None], tf.shape(task_batch)[0], 0)
             for w in weights
@@ -112,8 +125,17 @@ class PolicyAdaptation:
         old_outputs = tf.reshape(
             old_outputs, [shape[0], shape[1], shape[2], -1]
         )
+        pre_outputs = None
+        if support:
+            first = support[0].trajectories
+            pre_outputs = tf.stop_gradient(
+                self._outputs(list(weights), first.observations)
+            )
         return Collected(
-            support, Step(query, self._advantages(query)), old_outputs
+            support,
+            Step(query, self._advantages(query)),
+            old_outputs,
+            pre_outputs,
         )
 
     # The objective.
@@ -122,8 +144,10 @@ class PolicyAdaptation:
         self, weights: Sequence[tf.Tensor], collected: Collected
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-task outer surrogates `[B]` and mean KLs `[B]` of the
-        post-update policy, as functions of the initial `weights` through
-        the inner steps on `collected`'s support episodes."""
+        post-update policy (plus, with `constrain_pre_update`, of the
+        initial policy on its own episodes), as functions of the initial
+        `weights` through the inner steps on `collected`'s support
+        episodes."""
         weights = list(weights)
         elems = {
             "support": [
@@ -134,6 +158,9 @@ class PolicyAdaptation:
         }
         if self.sampling_correction:
             elems["coefficient"] = self._score_coefficients(collected)
+        pre_kl = self.constrain_pre_update and collected.pre_outputs is not None
+        if pre_kl:
+            elems["pre"] = collected.pre_outputs
         dtype = collected.query.advantages.dtype
 
         def per_task(task):
@@ -165,7 +192,14 @@ class PolicyAdaptation:
                     log_likelihood
                 )
             kl = tf.reduce_sum(policies.kl(task["old"], outputs) * masks)
-            return {"surrogate": surrogate, "kl": kl / count}
+            kl /= count
+            if pre_kl:
+                first = task["support"][0][0]
+                outputs = self._outputs(weights, first.observations)
+                kl += tf.reduce_sum(
+                    policies.kl(task["pre"], outputs) * first.masks
+                ) / tf.reduce_sum(first.masks)
+            return {"surrogate": surrogate, "kl": kl}
 
         spec = {
             "surrogate": tf.TensorSpec([], dtype),
@@ -188,7 +222,10 @@ class PolicyAdaptation:
         there are no others). Defaults to `inner_steps` steps."""
         steps = self.inner_steps if steps is None else steps
         observations = tf.convert_to_tensor(observations)
-        rewards = tf.cast(rewards, observations.dtype)
+        rewards = tf.debugging.assert_all_finite(
+            tf.cast(rewards, observations.dtype),
+            "rewards holds a NaN or infinite value",
+        )
         if masks is None:
             masks = tf.ones_like(rewards)
         episodes = Trajectories(

@@ -71,8 +71,11 @@ def sample_adaptation(
         ("sample_adaptation", steps, num_trajectories),
         lambda: tf.function(run, reduce_retracing=True),
     )
-    seed = tf.constant([seed, 0], tf.int64)
-    returns, observations = function(tf.convert_to_tensor(task_batch), seed)
+    task_batch = tf.convert_to_tensor(task_batch)
+    seeds = tf.random.experimental.stateless_split(
+        tf.constant([seed, 0], tf.int64), tf.shape(task_batch)[0]
+    )
+    returns, observations = function(task_batch, seeds)
     return Rollouts(returns.numpy(), observations.numpy())
 
 

@@ -54,7 +54,8 @@ class MetaRL(PolicyAdaptation, MetaLearner):
             `[mean, log_std]` (`tfmaml.rl.gaussian_mlp`).
         family: The task family (`tfmaml.rl.Navigation2D`, or any
             `tfmaml.rl.TaskFamily` registered for saving).
-        inner_lr: The inner policy-gradient step size. Defaults to `0.1`.
+        inner_lr: The inner policy-gradient step size. Defaults to `0.01`
+            (the shorthand of `tfmaml.MAML`; not with `inner_optimizer`).
         inner_steps: Inner steps in training (0 trains one policy on all
             tasks: the "pretrained" baseline). Defaults to `1`.
         eval_inner_steps: Inner steps in `evaluate`. Defaults to
@@ -76,6 +77,13 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         sampling_correction: Whether to add the score-function term of the
             pre-update sampling (unbiased meta-gradient). Defaults to
             `False` (the paper's estimator).
+        constrain_pre_update: Whether the trust region also bounds the KL
+            of the initial policy on its own episodes (TRPO's `max_kl`
+            then bounds the sum). The post-update policy's Fisher alone is
+            nearly singular along moves of the initial weights that the
+            inner step undoes, and TRPO steps far along them: the initial
+            policy then drifts off (seen on 2D navigation: pre-update
+            return from -70 to -180 in 12 meta-steps). Defaults to `True`.
         task_loop: How per-task computations are mapped: `"vectorized"`
             (default, fastest for MLP policies) or `"map"`.
         **kwargs: `MetaLearner` options (`inner_optimizer`,
@@ -90,7 +98,7 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         self,
         base_model: keras.Model,
         family: Any,
-        inner_lr: float | None = 0.1,
+        inner_lr: float | None = None,
         inner_steps: int = 1,
         *,
         num_trajectories: int = 20,
@@ -103,11 +111,10 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         cg_iterations: int = 10,
         cg_damping: float = 1e-5,
         sampling_correction: bool = False,
+        constrain_pre_update: bool = True,
         task_loop: str = "vectorized",
         **kwargs,
     ):
-        if kwargs.get("inner_optimizer") is not None and inner_lr == 0.1:
-            inner_lr = None  # The default yields to an explicit optimiser.
         super().__init__(base_model, inner_lr, inner_steps, **kwargs)
         self.family = family
         _check_policy(base_model, family)
@@ -138,6 +145,9 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         self.cg_damping = float(cg_damping)
         self.sampling_correction = check_bool(
             "sampling_correction", sampling_correction
+        )
+        self.constrain_pre_update = check_bool(
+            "constrain_pre_update", constrain_pre_update
         )
         self.task_loop = task_loop
         learned = getattr(self.inner_optimizer, "trainable_weights", None)
@@ -205,7 +215,9 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         )
         if self.outer == "trpo":
             step, kl, fraction = self._trpo_step(weights, collected)
-            gradients = [-s for s in step]
+            # Every replica computes the same step; the optimizer sums them.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            gradients = [-s / replicas for s in step]
         else:
             gradients, kl = self._policy_gradient(weights, collected)
             fraction = tf.ones([], kl.dtype)
@@ -251,8 +263,13 @@ class MetaRL(PolicyAdaptation, MetaLearner):
             product = self._cross_replica_mean(product)
             return product + self.cg_damping * vector
 
+        # Under tf.distribute the all-reduces must stay out of control flow.
+        unrolled = tf.distribute.get_strategy().num_replicas_in_sync > 1
         direction = trpo.conjugate_gradient(
-            fisher_vector, gradient, iterations=self.cg_iterations
+            fisher_vector,
+            gradient,
+            iterations=self.cg_iterations,
+            unrolled=unrolled,
         )
         curvature = tf.reduce_sum(direction * fisher_vector(direction))
         full_step = direction * tf.sqrt(2.0 * self.max_kl / (curvature + 1e-8))
@@ -271,7 +288,9 @@ class MetaRL(PolicyAdaptation, MetaLearner):
             )
 
         before = self._cross_replica_mean(surrogate)
-        fraction = trpo.line_search(evaluate, before, max_kl=self.max_kl)
+        fraction = trpo.line_search(
+            evaluate, before, max_kl=self.max_kl, unrolled=unrolled
+        )
         step = trpo.unflatten(fraction * full_step, weights)
         _, kl = evaluate(fraction)
         return step, kl, fraction
@@ -286,7 +305,7 @@ class MetaRL(PolicyAdaptation, MetaLearner):
 
         Args:
             task_batch: `[B, task_size]`.
-            seed: `[2]` stateless seed of the rollouts.
+            seed: Each task's stateless seed of its rollouts, `[B, 2]`.
 
         Returns:
             One tensor per trainable weight of the policy.
@@ -337,6 +356,7 @@ class MetaRL(PolicyAdaptation, MetaLearner):
             "cg_iterations": self.cg_iterations,
             "cg_damping": self.cg_damping,
             "sampling_correction": self.sampling_correction,
+            "constrain_pre_update": self.constrain_pre_update,
             "task_loop": self.task_loop,
         }
 
@@ -395,7 +415,13 @@ def _unpack(data, family):
             f"`tasks` must be [meta_batch, {family.task_size}] for "
             f"{type(family).__name__}. Received: tasks.shape={task_batch.shape}"
         )
-    return task_batch, tf.convert_to_tensor(data[SEEDS])
+    seeds = tf.convert_to_tensor(data[SEEDS])
+    if seeds.shape.rank != 2 or seeds.shape[-1] != 2:
+        raise ValueError(
+            "`seeds` must hold one stateless seed per task, [meta_batch, 2]. "
+            f"Received: seeds.shape={seeds.shape}"
+        )
+    return task_batch, seeds
 
 
 def _check_policy(policy, family):

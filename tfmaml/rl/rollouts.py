@@ -3,8 +3,9 @@
 `rollout` runs `K` episodes of each of `B` tasks for the family's horizon in
 one `tf.while_loop`: every step asks the policy for the action
 distribution of all `B x K` agents at once and steps all environments
-together. The noise comes from stateless ops seeded by `(seed, step)`, so a
-rollout is a pure function of the weights, tasks and seed.
+together. Each task's noise comes from stateless ops seeded by its own
+seed, so a rollout is a pure function of the weights, tasks and seeds, and
+a task's episodes are the same whatever else is in the batch.
 """
 
 from collections.abc import Callable
@@ -42,7 +43,7 @@ def rollout(
     policy: PolicyFn,
     tasks: tf.Tensor,
     num_trajectories: int,
-    seed: tf.Tensor,
+    seeds: tf.Tensor,
     *,
     deterministic: bool = False,
 ) -> Trajectories:
@@ -54,7 +55,7 @@ def rollout(
             `[B, K, 2 * actions]` (each task may use its own weights).
         tasks: `[B, task_size]`.
         num_trajectories: Episodes per task (K).
-        seed: A stateless seed, `[2]` int.
+        seeds: Each task's stateless seed, `[B, 2]`.
         deterministic: Whether to take the mean actions (no noise).
             Defaults to `False`.
 
@@ -69,20 +70,32 @@ def rollout(
     flat_tasks = tf.reshape(expanded, [-1, family.task_size])
     observations = family.reset(flat_tasks)
     shape = [num_tasks, num_trajectories]
+    dtype = observations.dtype
+    noise = tf.map_fn(
+        lambda seed: tf.random.stateless_normal(
+            [horizon, num_trajectories, family.action_size], seed, dtype=dtype
+        ),
+        seeds,
+        fn_output_signature=tf.TensorSpec(
+            [horizon, num_trajectories, family.action_size], dtype
+        ),
+    )  # [B, T, K, actions]
 
     def body(t, observations, alive, arrays):
         outputs = policy(tf.reshape(observations, [*shape, -1]))
-        noise = tf.random.stateless_normal(
-            [*shape, family.action_size],
-            tf.random.experimental.stateless_fold_in(seed, t),
-            dtype=outputs.dtype,
-        )
         mean, _ = policies.split_outputs(outputs)
-        actions = mean if deterministic else policies.sample(outputs, noise)
+        if deterministic:
+            actions = mean
+        else:
+            actions = policies.sample(outputs, noise[:, t])
         actions = tf.stop_gradient(actions)
         flat_actions = tf.reshape(actions, [-1, family.action_size])
         next_observations, rewards, terminated = family.step(
             flat_tasks, observations, flat_actions
+        )
+        rewards = tf.debugging.assert_all_finite(
+            rewards,
+            f"{type(family).__name__}.step returned a NaN or infinite reward",
         )
         mask = tf.reshape(alive, shape)
         arrays = (
@@ -94,7 +107,6 @@ def rollout(
         alive = alive * (1.0 - tf.cast(terminated, alive.dtype))
         return t + 1, next_observations, alive, arrays
 
-    dtype = observations.dtype
     k = num_trajectories
     arrays = tuple(
         tf.TensorArray(dtype, size=horizon, element_shape=shape)

@@ -150,10 +150,11 @@ def task_batches(
 ) -> tf.data.Dataset:
     """The dataset `MetaRL.fit` takes: meta-batches of fresh tasks.
 
-    Element `i` is `{"tasks": [meta_batch_size, task_size], "seeds": [2]}`
-    (the seed of the step's rollout noise), both drawn from `(seed, i)`:
-    the stream is reproducible and a run resumed at step `i` sees the
-    tasks and noise an uninterrupted one would.
+    Element `i` is `{"tasks": [meta_batch_size, task_size], "seeds":
+    [meta_batch_size, 2]}` (each task's seed of its rollout noise), both
+    drawn from `(seed, i)`: the stream is reproducible, a run resumed at
+    step `i` sees the tasks and noise an uninterrupted one would, and a
+    task's episodes do not depend on which replica samples them.
 
     Args:
         family: The task family.
@@ -176,7 +177,10 @@ def task_batches(
     def make_batch(index):
         seeds = batch_seeds(seed, index, 2)
         tasks = family.sample_tasks(meta_batch_size, seeds[0])
-        return {TASKS: tasks, SEEDS: seeds[1]}
+        task_seeds = tf.random.experimental.stateless_split(
+            seeds[1], meta_batch_size
+        )
+        return {TASKS: tasks, SEEDS: task_seeds}
 
     return indexed_stream(make_batch, num_batches, start)
 

@@ -4,8 +4,11 @@ The natural-gradient direction comes from conjugate gradient on
 Hessian-vector products of the mean KL divergence (never forming the
 Hessian); a backtracking line search then takes the largest fraction of
 the step that improves the surrogate and keeps the KL within its bound.
-Both run in the graph (`tf.while_loop`). Settings follow rllab's
-`ConjugateGradientOptimizer`, which the MAML paper's code used.
+Both run in the graph: in `tf.while_loop`s, or, with `unrolled=True`,
+without control flow (a Python loop; the line search then evaluates every
+fraction), which `tf.distribute` needs to all-reduce inside them. Settings
+follow rllab's `ConjugateGradientOptimizer`, which the MAML paper's code
+used.
 """
 
 from collections.abc import Callable
@@ -41,6 +44,7 @@ def conjugate_gradient(
     *,
     iterations: int = 10,
     residual_tolerance: float = 1e-10,
+    unrolled: bool = False,
 ) -> tf.Tensor:
     """Approximately solves `A x = b` for symmetric positive definite `A`
     given as `matvec(v) = A v`.
@@ -50,10 +54,25 @@ def conjugate_gradient(
         b: The right-hand side, a vector.
         iterations: At most this many iterations. Defaults to `10`.
         residual_tolerance: Stops when `|r|^2` falls below it.
+        unrolled: Whether to unroll the iterations in Python (no control
+            flow). Defaults to `False`.
 
     Returns:
         `x`, a vector like `b`.
     """
+    if unrolled:
+        x, r, p = tf.zeros_like(b), b, b
+        rr = tf.reduce_sum(b * b)
+        for _ in range(iterations):
+            ap = matvec(p)
+            active = tf.cast(rr >= residual_tolerance, b.dtype)
+            alpha = active * rr / (tf.reduce_sum(p * ap) + 1e-30)
+            x = x + alpha * p
+            r = r - alpha * ap
+            new_rr = tf.reduce_sum(r * r)
+            p = r + (new_rr / (rr + 1e-30)) * p
+            rr = active * new_rr + (1.0 - active) * rr
+        return x
 
     def body(i, x, r, p, rr):
         ap = matvec(p)
@@ -81,6 +100,7 @@ def line_search(
     max_kl: float,
     backtracks: int = 15,
     ratio: float = 0.8,
+    unrolled: bool = False,
 ) -> tf.Tensor:
     """The largest `ratio**k` (k < `backtracks`) for which the step scaled
     by it improves the surrogate and keeps the KL within `max_kl`; 0 if
@@ -93,11 +113,27 @@ def line_search(
         max_kl: The KL bound.
         backtracks: How many fractions to try. Defaults to `15`.
         ratio: The factor between fractions. Defaults to `0.8`.
+        unrolled: Whether to evaluate every fraction without control flow.
+            Defaults to `False`.
 
     Returns:
         A scalar fraction.
     """
     dtype = surrogate_before.dtype
+    if unrolled:
+        fractions = [ratio**k for k in range(backtracks)]
+        accepted = tf.stack(
+            [
+                acceptable_step(evaluate, f, surrogate_before, max_kl)
+                for f in fractions
+            ]
+        )
+        first = tf.argmax(tf.cast(accepted, tf.int32))
+        return tf.where(
+            tf.reduce_any(accepted),
+            tf.gather(tf.constant(fractions, dtype), first),
+            tf.zeros([], dtype),
+        )
 
     def acceptable(fraction):
         surrogate, kl = evaluate(fraction)
@@ -118,3 +154,25 @@ def line_search(
     )
     fraction = tf.pow(tf.constant(ratio, dtype), tf.cast(k - 1, dtype))
     return tf.where(accepted, fraction, tf.zeros([], dtype))
+
+
+def acceptable_step(
+    evaluate: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]],
+    fraction: float | tf.Tensor,
+    surrogate_before: tf.Tensor,
+    max_kl: float,
+) -> tf.Tensor:
+    """Whether the step scaled by `fraction` improves the surrogate, keeps
+    the KL within `max_kl`, and gives finite values.
+
+    Args:
+        evaluate: `evaluate(fraction) -> (surrogate, kl)`.
+        fraction: The fraction of the step.
+        surrogate_before: The surrogate before the step.
+        max_kl: The KL bound.
+    """
+    surrogate, kl = evaluate(tf.cast(fraction, surrogate_before.dtype))
+    return tf.logical_and(
+        tf.logical_and(surrogate > surrogate_before, kl <= max_kl),
+        tf.logical_and(tf.math.is_finite(surrogate), tf.math.is_finite(kl)),
+    )
