@@ -38,9 +38,6 @@ class Collected(NamedTuple):
     support: list[Step]
     query: Step
     old_outputs: tf.Tensor  # [B, K, T, 2 * actions]
-    # The initial policy's outputs on the first support episodes (`None`
-    # without inner steps): the old policy of the pre-update KL.
-    pre_outputs: tf.Tensor | None = None
 
 
 class PolicyAdaptation:
@@ -125,17 +122,8 @@ class PolicyAdaptation:
         old_outputs = tf.reshape(
             old_outputs, [shape[0], shape[1], shape[2], -1]
         )
-        pre_outputs = None
-        if support:
-            first = support[0].trajectories
-            pre_outputs = tf.stop_gradient(
-                self._outputs(list(weights), first.observations)
-            )
         return Collected(
-            support,
-            Step(query, self._advantages(query)),
-            old_outputs,
-            pre_outputs,
+            support, Step(query, self._advantages(query)), old_outputs
         )
 
     # The objective.
@@ -144,10 +132,8 @@ class PolicyAdaptation:
         self, weights: Sequence[tf.Tensor], collected: Collected
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-task outer surrogates `[B]` and mean KLs `[B]` of the
-        post-update policy (plus, with `constrain_pre_update`, of the
-        initial policy on its own episodes), as functions of the initial
-        `weights` through the inner steps on `collected`'s support
-        episodes."""
+        post-update policy, as functions of the initial `weights` through
+        the inner steps on `collected`'s support episodes."""
         weights = list(weights)
         elems = {
             "support": [
@@ -158,9 +144,6 @@ class PolicyAdaptation:
         }
         if self.sampling_correction:
             elems["coefficient"] = self._score_coefficients(collected)
-        pre_kl = self.constrain_pre_update and collected.pre_outputs is not None
-        if pre_kl:
-            elems["pre"] = collected.pre_outputs
         dtype = collected.query.advantages.dtype
 
         def per_task(task):
@@ -192,14 +175,7 @@ class PolicyAdaptation:
                     log_likelihood
                 )
             kl = tf.reduce_sum(policies.kl(task["old"], outputs) * masks)
-            kl /= count
-            if pre_kl:
-                first = task["support"][0][0]
-                outputs = self._outputs(weights, first.observations)
-                kl += tf.reduce_sum(
-                    policies.kl(task["pre"], outputs) * first.masks
-                ) / tf.reduce_sum(first.masks)
-            return {"surrogate": surrogate, "kl": kl}
+            return {"surrogate": surrogate, "kl": kl / count}
 
         spec = {
             "surrogate": tf.TensorSpec([], dtype),

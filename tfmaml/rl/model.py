@@ -73,17 +73,14 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         outer: `"trpo"` or `"policy_gradient"`. Defaults to `"trpo"`.
         max_kl: TRPO's bound on the mean KL. Defaults to `0.01`.
         cg_iterations: Conjugate gradient iterations. Defaults to `10`.
-        cg_damping: Added to the KL's Hessian. Defaults to `1e-5`.
+        cg_damping: Added to the KL's Hessian. Defaults to `1e-2`. (rllab's
+            1e-5 let TRPO step far along moves of the initial weights that
+            the inner step undoes, where the post-update policy's Fisher is
+            nearly singular: on 2D navigation the pre-update return fell
+            from -70 to -180 in 12 meta-steps; 1e-2 and 1e-1 learned.)
         sampling_correction: Whether to add the score-function term of the
             pre-update sampling (unbiased meta-gradient). Defaults to
             `False` (the paper's estimator).
-        constrain_pre_update: Whether the trust region also bounds the KL
-            of the initial policy on its own episodes (TRPO's `max_kl`
-            then bounds the sum). The post-update policy's Fisher alone is
-            nearly singular along moves of the initial weights that the
-            inner step undoes, and TRPO steps far along them: the initial
-            policy then drifts off (seen on 2D navigation: pre-update
-            return from -70 to -180 in 12 meta-steps). Defaults to `True`.
         task_loop: How per-task computations are mapped: `"vectorized"`
             (default, fastest for MLP policies) or `"map"`.
         **kwargs: `MetaLearner` options (`inner_optimizer`,
@@ -109,9 +106,8 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         outer: str = "trpo",
         max_kl: float = 0.01,
         cg_iterations: int = 10,
-        cg_damping: float = 1e-5,
+        cg_damping: float = 1e-2,
         sampling_correction: bool = False,
-        constrain_pre_update: bool = True,
         task_loop: str = "vectorized",
         **kwargs,
     ):
@@ -145,9 +141,6 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         self.cg_damping = float(cg_damping)
         self.sampling_correction = check_bool(
             "sampling_correction", sampling_correction
-        )
-        self.constrain_pre_update = check_bool(
-            "constrain_pre_update", constrain_pre_update
         )
         self.task_loop = task_loop
         learned = getattr(self.inner_optimizer, "trainable_weights", None)
@@ -356,7 +349,6 @@ class MetaRL(PolicyAdaptation, MetaLearner):
             "cg_iterations": self.cg_iterations,
             "cg_damping": self.cg_damping,
             "sampling_correction": self.sampling_correction,
-            "constrain_pre_update": self.constrain_pre_update,
             "task_loop": self.task_loop,
         }
 
