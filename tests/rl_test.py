@@ -477,3 +477,54 @@ def test_fit_improves_the_adapted_return_on_navigation():
         model, test_tasks, step_counts=(1,), num_trajectories=10
     )[0]
     assert after.mean > before.mean + before.ci95 + after.ci95, (before, after)
+
+
+@pytest.mark.slow
+def test_meta_rl_training_resumes_at_the_exact_step(tmp_path):
+    from tfmaml import experiment
+    from tfmaml import training
+    from tfmaml.configs import navigation2d
+
+    config = navigation2d.get_config("smoke")
+
+    def data(start):
+        return experiment.build_splits(config, train_start=start).train
+
+    class Kill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if training.optimizer_step(self.model) == 3:
+                raise KeyboardInterrupt
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        return experiment.build_model(config)
+
+    arguments = dict(total_steps=4, steps_per_epoch=2, save_freq=1)
+    whole = fresh()
+    training.fit_resumable(
+        whole, data, backup_dir=str(tmp_path / "a"), verbose=0, **arguments
+    )
+    killed = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_resumable(
+            killed,
+            data,
+            backup_dir=str(tmp_path / "b"),
+            callbacks=[Kill()],
+            verbose=0,
+            **arguments,
+        )
+    resumed = fresh()
+    start = training.fit_resumable(
+        resumed, data, backup_dir=str(tmp_path / "b"), verbose=0, **arguments
+    )
+    assert start == 2
+    for a, b in zip(whole.variables, resumed.variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    moved = fresh()
+    assert any(
+        np.abs(a.numpy() - b.numpy()).max() > 1e-3
+        for a, b in zip(
+            whole.trainable_variables, moved.trainable_variables, strict=True
+        )
+    )
