@@ -127,6 +127,7 @@ def main(argv):
             step_counts=steps,
             num_trajectories=config.eval_num_trajectories,
             seed=config.seed,
+            inner_optimizer=experiment.test_time_inner_optimizer(config),
         )
         for name, m in models.items()
     }

@@ -1,6 +1,10 @@
-"""Shared fixtures: quiet TensorFlow, seeds, and a float64 scope."""
+"""Shared fixtures: quiet TensorFlow, seeds, a float64 scope, and a Python
+that cannot import tfmaml."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,3 +30,30 @@ def float64():
     yield
     keras.config.set_floatx(previous[0])
     keras.config.set_dtype_policy(previous[1])
+
+
+@pytest.fixture
+def run_without_tfmaml(tmp_path):
+    """Runs a script in `tmp_path` in a fresh Python that cannot import
+    tfmaml or Keras (what a client of an exported model has); fails the
+    test with its stderr unless `check=False`."""
+
+    def run(script, *, check=True):
+        path = tmp_path / "script.py"
+        path.write_text(
+            "import sys\n"
+            "sys.modules['tfmaml'] = None  # Any import of it now fails.\n"
+            "sys.modules['keras'] = None\n" + textwrap.dedent(script)
+        )
+        result = subprocess.run(
+            [sys.executable, str(path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
+        if check:
+            assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    return run

@@ -6,7 +6,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -61,30 +60,16 @@ def _task(seed=0, shots=2, queries=4):
     return support_x, support_y, query_x
 
 
-def _run_without_tfmaml(script, tmp_path):
-    """Runs `script` in a fresh Python that cannot import tfmaml or Keras."""
-    path = tmp_path / "script.py"
-    path.write_text(
-        "import sys\n"
-        "sys.modules['tfmaml'] = None  # Any import of it now fails.\n"
-        "sys.modules['keras'] = None\n" + textwrap.dedent(script)
-    )
-    subprocess.run(
-        [sys.executable, str(path)],
-        check=True,
-        cwd=tmp_path,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-
-
-def test_regression_export_adapts_like_the_model_without_tfmaml(tmp_path):
+def test_regression_export_adapts_like_the_model_without_tfmaml(
+    tmp_path, run_without_tfmaml
+):
     model = _regression_model()
     model.export(tmp_path / "saved")
     x = np.linspace(-5, 5, 7, dtype="float32")[:, None]
     support_y = 2.0 * np.sin(x - 1.0)
     query_x = np.linspace(-4, 4, 11, dtype="float32")[:, None]
     np.savez(tmp_path / "task.npz", x=x, y=support_y, q=query_x)
-    _run_without_tfmaml(
+    run_without_tfmaml(
         """
         import numpy as np
         import tensorflow as tf
@@ -95,8 +80,7 @@ def test_regression_export_adapts_like_the_model_without_tfmaml(tmp_path):
         base = served.signatures["serving_default"](x=task["q"])
         np.savez("out.npz", adapted=out["predictions"],
                  steps=out["inner_steps"], base=base["predictions"])
-        """,
-        tmp_path,
+        """
     )
     out = np.load(tmp_path / "out.npz")
     expected = model.adapt(x, support_y)(query_x)
@@ -224,10 +208,10 @@ def test_export_refuses_other_formats_and_an_uncompiled_model(tmp_path):
         model.export(tmp_path / "b", format="onnx")
 
 
-def test_the_shipped_sinusoid_model_adapts(tmp_path):
+def test_the_shipped_sinusoid_model_adapts(tmp_path, run_without_tfmaml):
     # saved_models/sinusoid is what `python -m tfmaml.train` exports.
     shutil.copytree(REPO / "saved_models" / "sinusoid", tmp_path / "saved")
-    _run_without_tfmaml(
+    run_without_tfmaml(
         """
         import json
         import numpy as np
@@ -243,8 +227,7 @@ def test_the_shipped_sinusoid_model_adapts(tmp_path):
             "adapted": float(np.mean((out["predictions"] - truth) ** 2)),
             "base": float(np.mean((base - truth) ** 2)),
         }, open("mse.json", "w"))
-        """,
-        tmp_path,
+        """
     )
     mse = json.loads((tmp_path / "mse.json").read_text())
     assert mse["adapted"] < 0.25 * mse["base"]

@@ -169,3 +169,26 @@ def test_a_user_inner_optimizer_and_shorthand_options_are_exclusive():
         tfmaml.MAML(_net(), 0.1, inner_optimizer=ClippedSGD(0.5, 0.05))
     with pytest.raises(TypeError, match=r"lacks \['init'\]"):
         tfmaml.MAML(_net(), inner_optimizer=type("Bad", (), {"update": 1})())
+
+
+def test_a_model_with_a_shipped_inner_optimizer_saves_and_loads(tmp_path):
+    model = tfmaml.MAML(
+        _net(),
+        inner_steps=2,
+        inner_optimizer=tfmaml.inner_loop.Momentum((0.1, 0.05), 0.5),
+    )
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.inner_optimizer.get_config() == {
+        "learning_rate": [0.1, 0.05],
+        "momentum": 0.5,
+    }
+    episode = _episode()
+    x, y = episode.support_x[0], episode.support_y[0]
+    for a, b in zip(
+        model.adapted_weights(x, y, 2),
+        loaded.adapted_weights(x, y, 2),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -2,10 +2,8 @@
 deterministic parts against finite differences and loops, dynamics,
 rollouts and bad input."""
 
-import os
-import subprocess
-import sys
-import textwrap
+import pathlib
+import shutil
 
 import keras
 import numpy as np
@@ -329,23 +327,6 @@ def test_bad_input_is_named():
         )
 
 
-def _run_without_tfmaml(script, tmp_path):
-    """Runs `script` in a fresh Python that cannot import tfmaml or Keras."""
-    path = tmp_path / "script.py"
-    path.write_text(
-        "import sys\n"
-        "sys.modules['tfmaml'] = None  # Any import of it now fails.\n"
-        "sys.modules['keras'] = None\n" + textwrap.dedent(script)
-    )
-    return subprocess.run(
-        [sys.executable, str(path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-
-
 def _trained_navigation_model():
     keras.utils.set_random_seed(0)
     family = rl.Navigation2D(horizon=10)
@@ -366,7 +347,9 @@ def _trained_navigation_model():
 
 
 @pytest.mark.slow
-def test_export_adapts_like_the_model_in_a_process_without_tfmaml(tmp_path):
+def test_export_adapts_like_the_model_in_a_process_without_tfmaml(
+    tmp_path, run_without_tfmaml
+):
     model = _trained_navigation_model()
     model.export(tmp_path / "saved")
     rng = np.random.default_rng(0)
@@ -377,7 +360,7 @@ def test_export_adapts_like_the_model_in_a_process_without_tfmaml(tmp_path):
         query_observations=rng.normal(size=(5, 2)).astype("float32"),
     )
     np.savez(tmp_path / "task.npz", **episodes)
-    result = _run_without_tfmaml(
+    result = run_without_tfmaml(
         """
         import numpy as np
         import tensorflow as tf
@@ -401,7 +384,7 @@ def test_export_adapts_like_the_model_in_a_process_without_tfmaml(tmp_path):
         except tf.errors.InvalidArgumentError as error:
             print("refused:", " ".join(error.message.split()))
         """,
-        tmp_path,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
@@ -528,3 +511,51 @@ def test_meta_rl_training_resumes_at_the_exact_step(tmp_path):
             whole.trainable_variables, moved.trainable_variables, strict=True
         )
     )
+
+
+@pytest.mark.slow
+def test_the_shipped_navigation_policy_adapts_to_a_new_goal(
+    tmp_path, run_without_tfmaml
+):
+    # saved_models/navigation2d is what `python -m tfmaml.train
+    # --config=configs/navigation2d.py` exports; episodes are simulated in
+    # NumPy by a client without tfmaml.
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    shutil.copytree(repo / "saved_models" / "navigation2d", tmp_path / "saved")
+    result = run_without_tfmaml(
+        """
+        import numpy as np
+        import tensorflow as tf
+        served = tf.saved_model.load("saved")
+        rng = np.random.default_rng(0)
+        stddev = served.act(observations=np.zeros((1, 2), "float32"))[
+            "stddev"].numpy()
+
+        def episodes(mean_actions, goal, count=20):
+            position = np.zeros((count, 2), "float32")
+            o, a, r = [], [], []
+            for _ in range(100):
+                action = mean_actions(position) + stddev * rng.normal(
+                    size=(count, 2))
+                o.append(position)
+                a.append(action.astype("float32"))
+                position = (position + 0.1 * np.clip(action, -1, 1)).astype(
+                    "float32")
+                r.append(-np.linalg.norm(position - goal, axis=1))
+            return [np.stack(x, 1).astype("float32") for x in (o, a, r)]
+
+        for goal in ([0.3, -0.4], [-0.45, 0.1], [0.0, 0.35]):
+            goal = np.array(goal, "float32")
+            obs, act, rew = episodes(
+                lambda p: served.act(observations=p)["actions"].numpy(), goal)
+            adapted = lambda p: served.adapt_and_act(
+                observations=obs, actions=act, rewards=rew,
+                query_observations=p)["actions"].numpy()
+            after = episodes(adapted, goal)[2]
+            print(rew.sum(1).mean(), after.sum(1).mean())
+        """
+    )
+    for line in result.stdout.strip().splitlines():
+        before, after = map(float, line.split())
+        # One step on 20 episodes brings the agent to the goal.
+        assert after > before + 15.0 and after > -20.0, (before, after)

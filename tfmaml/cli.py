@@ -70,6 +70,7 @@ def evaluate_and_report(model, config, test, workdir) -> None:
             step_counts=tuple(config.eval_step_counts),
             num_trajectories=config.eval_num_trajectories,
             seed=config.seed,
+            inner_optimizer=experiment.test_time_inner_optimizer(config),
         )
         table = rl.format_returns(results)
     else:

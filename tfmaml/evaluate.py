@@ -75,6 +75,7 @@ def _compare_rl_baselines(model, config, test, workdir):
             step_counts=tuple(config.eval_step_counts),
             num_trajectories=config.eval_num_trajectories,
             seed=config.seed,
+            inner_optimizer=experiment.test_time_inner_optimizer(config),
         )
         for name, m in models.items()
     }

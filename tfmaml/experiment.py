@@ -449,6 +449,18 @@ def build_family(config: ml_collections.ConfigDict) -> rl.TaskFamily:
     return rl.FAMILIES[config.task](horizon=config.horizon)
 
 
+def test_time_inner_optimizer(
+    config: ml_collections.ConfigDict,
+) -> inner_loop.InnerOptimizer:
+    """The rule a meta-RL config adapts with at test time: `inner_lr`, then
+    `later_inner_lr` for each later step.
+
+    Args:
+        config: A meta-RL config.
+    """
+    return inner_loop.SGD((config.inner_lr, config.later_inner_lr))
+
+
 def _rl_splits(config, train_start):
     family = build_family(config)
 
@@ -479,12 +491,10 @@ def _rl_model(config):
         hidden_units=tuple(config.hidden_units),
         activation=config.activation,
     )
-    rates = (config.inner_lr, config.later_inner_lr)
     model = rl.MetaRL(
         policy,
         family,
-        inner_lr=None,
-        inner_optimizer=inner_loop.SGD(rates),
+        inner_optimizer=test_time_inner_optimizer(config),
         inner_steps=config.inner_steps,
         first_order=config.first_order,
         num_trajectories=config.num_trajectories,

@@ -126,8 +126,13 @@ class SGD:
         ], state
 
     def get_config(self) -> dict:
-        """The constructor arguments (a number rate only)."""
+        """The constructor arguments (numbers only)."""
         return {"learning_rate": _number("learning_rate", self.learning_rate)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SGD":
+        """Rebuilds the rule from `get_config`."""
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
@@ -170,6 +175,11 @@ class Momentum:
             "learning_rate": _number("learning_rate", self.learning_rate),
             "momentum": _number("momentum", self.momentum),
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Momentum":
+        """Rebuilds the rule from `get_config`."""
+        return cls(**config)
 
 
 LEARNED_RATES = ("per_parameter", "per_layer_per_step")

@@ -1,16 +1,27 @@
-"""mini-ImageNet 5-way 1-shot (see `mini_imagenet.py`).
+"""mini-ImageNet (Vinyals et al. 2016) with the MAML paper's settings (see
+`few_shot.rgb_config`): 84x84x3 images scaled to [0, 1]. `data_dir` holds
+`images/` and Ravi and Larochelle's `train.csv`, `val.csv` and `test.csv`
+(header `filename,label`); there is no download.
+
+5-way 1-shot, meta-batches of 4 tasks.
 
 Launch:
   python -m tfmaml.train --config=configs/mini_imagenet_5way_1shot.py \
-      --config.data_dir=DIR --workdir=runs/mini_imagenet_1
+      --config.data_dir=DIR --workdir=runs/mini_imagenet_5way_1shot
 Variant `smoke` (`--config=configs/mini_imagenet_5way_1shot.py:smoke`): a tiny
 run for tests, on any data laid out like the real source.
 """
 
 import ml_collections
 
-from tfmaml.configs.mini_imagenet import mini_imagenet_config
+from tfmaml.configs.few_shot import rgb_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return mini_imagenet_config(num_shots=1, meta_batch_size=4, arg=arg)
+    return rgb_config(
+        task="mini_imagenet",
+        image_size=(84, 84),
+        num_shots=1,
+        meta_batch_size=4,
+        arg=arg,
+    )

@@ -181,7 +181,9 @@ class PolicyAdaptation:
             "surrogate": tf.TensorSpec([], dtype),
             "kl": tf.TensorSpec([], dtype),
         }
-        outputs = tasks.map_tasks(per_task, elems, spec, task_loop=self._loop())
+        outputs = tasks.map_tasks(
+            per_task, elems, spec, task_loop=self.task_loop
+        )
         return outputs["surrogate"], outputs["kl"]
 
     def adapted_weights(
@@ -316,7 +318,7 @@ class PolicyAdaptation:
                 lambda s: tf.TensorSpec(s.shape[1:], s.dtype), state
             ),
         }
-        out = tasks.map_tasks(one, elems, spec, task_loop=self._loop())
+        out = tasks.map_tasks(one, elems, spec, task_loop=self.task_loop)
         return [tf.stop_gradient(w) for w in out["weights"]], out["state"]
 
     def _policy_fn(self, per_task):

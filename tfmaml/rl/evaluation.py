@@ -7,6 +7,7 @@ task's return after `k` steps. Results are the mean over tasks with a 95%
 confidence interval (1.96 standard errors).
 """
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
@@ -39,6 +40,7 @@ def sample_adaptation(
     steps: int,
     num_trajectories: int = 40,
     seed: int = 0,
+    inner_optimizer: Any = None,
 ) -> Rollouts:
     """Samples every task's episodes before and after each inner step.
 
@@ -48,6 +50,9 @@ def sample_adaptation(
         steps: The most inner steps to take.
         num_trajectories: Episodes per task and step. Defaults to `40`.
         seed: Seeds the noise. Defaults to `0`.
+        inner_optimizer: The rule that adapts at test time, e.g.
+            `inner_loop.SGD((0.5, 0.1))` (smaller later steps, as the
+            original's evaluation); defaults to the model's.
 
     Returns:
         `Rollouts`.
@@ -67,16 +72,33 @@ def sample_adaptation(
         observations = tf.stack([t.observations for t in every])
         return returns, observations
 
+    rule = model.inner_optimizer if inner_optimizer is None else inner_optimizer
     function = model.cached_function(
-        ("sample_adaptation", steps, num_trajectories),
+        ("sample_adaptation", steps, num_trajectories, id(rule)),
         lambda: tf.function(run, reduce_retracing=True),
     )
     task_batch = tf.convert_to_tensor(task_batch)
     seeds = tf.random.experimental.stateless_split(
         tf.constant([seed, 0], tf.int64), tf.shape(task_batch)[0]
     )
-    returns, observations = function(task_batch, seeds)
+    with _adapting_with(model, rule):
+        returns, observations = function(task_batch, seeds)
     return Rollouts(returns.numpy(), observations.numpy())
+
+
+@contextlib.contextmanager
+def _adapting_with(model, rule):
+    """Lets `model` adapt with `rule` inside the block (its own is put
+    back after)."""
+    own = model.inner_optimizer
+    if rule is own:
+        yield
+        return
+    model.inner_optimizer = rule
+    try:
+        yield
+    finally:
+        model.inner_optimizer = own
 
 
 def evaluate_returns(
@@ -86,6 +108,7 @@ def evaluate_returns(
     step_counts: Sequence[int] = (0, 1, 2, 3),
     num_trajectories: int = 40,
     seed: int = 0,
+    inner_optimizer: Any = None,
 ) -> list[StepReturn]:
     """The mean return (95% CI over tasks) after each of `step_counts`.
 
@@ -95,6 +118,8 @@ def evaluate_returns(
         step_counts: Inner step counts. Defaults to `(0, 1, 2, 3)`.
         num_trajectories: Episodes per task and step. Defaults to `40`.
         seed: Seeds the noise. Defaults to `0`.
+        inner_optimizer: The rule that adapts at test time; defaults to
+            the model's (see `sample_adaptation`).
 
     Returns:
         One `StepReturn` per entry of `step_counts`.
@@ -105,6 +130,7 @@ def evaluate_returns(
         steps=max(step_counts),
         num_trajectories=num_trajectories,
         seed=seed,
+        inner_optimizer=inner_optimizer,
     )
     results = []
     for steps in step_counts:

@@ -362,9 +362,6 @@ class MetaRL(PolicyAdaptation, MetaLearner):
 
     # Internals.
 
-    def _loop(self):
-        return self.task_loop
-
     def _cross_replica_mean(self, value):
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
