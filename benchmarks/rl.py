@@ -33,6 +33,13 @@ flags.DEFINE_string(
     "pretrained_workdir", None, "Evaluate this run's model.keras."
 )
 flags.DEFINE_integer("timed_steps", 10, "Steps of the timing run.")
+flags.DEFINE_float(
+    "pretrained_inner_lr",
+    None,
+    "Also evaluate the pretrained policy with this first step (later steps "
+    "a fifth of it), e.g. one chosen for it on validation tasks: its log "
+    "std ends far smaller than MAML's, so MAML's step size overshoots.",
+)
 flags.DEFINE_string("out", "workdirs/rl_benchmark", "Where figures go.")
 flags.DEFINE_float("inner_lr", None, "Override the config's inner rate.")
 flags.DEFINE_integer("meta_batch_size", None, "Override the meta-batch.")
@@ -89,6 +96,7 @@ def main(argv):
     import numpy as np
 
     from tfmaml import experiment
+    from tfmaml import inner_loop
     from tfmaml import plots
     from tfmaml import rl
     from tfmaml.configs import navigation2d
@@ -120,6 +128,14 @@ def main(argv):
     models["random init"] = random_init
     task_batch = next(iter(splits.test))[rl.task_families.TASKS]
     steps = tuple(config.eval_step_counts)
+    rules = {
+        name: experiment.test_time_inner_optimizer(config) for name in models
+    }
+    if FLAGS.pretrained_inner_lr:
+        rate = FLAGS.pretrained_inner_lr
+        name = f"pretrained, steps {rate:g} then {rate / 5:g}"
+        models[name] = models["pretrained"]
+        rules[name] = inner_loop.SGD((rate, rate / 5))
     results = {
         name: rl.evaluate_returns(
             m,
@@ -127,7 +143,7 @@ def main(argv):
             step_counts=steps,
             num_trajectories=config.eval_num_trajectories,
             seed=config.seed,
-            inner_optimizer=experiment.test_time_inner_optimizer(config),
+            inner_optimizer=rules[name],
         )
         for name, m in models.items()
     }
@@ -173,7 +189,10 @@ def main(argv):
         results, os.path.join(FLAGS.out, "returns.png"), title="2D navigation"
     )
     rollouts = rl.evaluation.sample_adaptation(
-        models["MAML"], task_batch[:3], steps=1, num_trajectories=1
+        models["MAML"],
+        task_batch[:3],
+        steps=1,
+        num_trajectories=config.eval_num_trajectories,
     )
     plots.plot_navigation_paths(
         rollouts.observations,

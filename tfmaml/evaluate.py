@@ -92,7 +92,11 @@ def _compare_rl_baselines(model, config, test, workdir):
         results, os.path.join(workdir, "returns.png"), title=config.name
     )
     rollouts = rl.evaluation.sample_adaptation(
-        model, task_batch[:3], steps=1, num_trajectories=1, seed=config.seed
+        model,
+        task_batch[:3],
+        steps=1,
+        num_trajectories=config.eval_num_trajectories,
+        seed=config.seed,
     )
     plots.plot_navigation_paths(
         rollouts.observations,

@@ -121,6 +121,6 @@ def plot_navigation_paths(
         ax.set_xlim(-0.6, 0.6)
         ax.set_ylim(-0.6, 0.6)
         ax.set_aspect("equal")
-    axes[0].legend(loc="lower left", fontsize="x-small")
+    axes[0].legend(loc="upper left", fontsize="x-small")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
