@@ -93,7 +93,6 @@ def _train(config, workdir):
 def main(argv):
     del argv
     import keras
-    import numpy as np
 
     from tfmaml import experiment
     from tfmaml import inner_loop
@@ -128,22 +127,15 @@ def main(argv):
     models["random init"] = random_init
     task_batch = next(iter(splits.test))[rl.task_families.TASKS]
     steps = tuple(config.eval_step_counts)
-    rules = {
-        name: experiment.test_time_inner_optimizer(config) for name in models
-    }
+    rules = {}  # Other test-time rules than the config's.
     if FLAGS.pretrained_inner_lr:
         rate = FLAGS.pretrained_inner_lr
         name = f"pretrained, steps {rate:g} then {rate / 5:g}"
         models[name] = models["pretrained"]
         rules[name] = inner_loop.SGD((rate, rate / 5))
     results = {
-        name: rl.evaluate_returns(
-            m,
-            task_batch,
-            step_counts=steps,
-            num_trajectories=config.eval_num_trajectories,
-            seed=config.seed,
-            inner_optimizer=rules[name],
+        name: experiment.evaluate_rl_returns(
+            m, config, task_batch, inner_optimizer=rules.get(name)
         )
         for name, m in models.items()
     }
@@ -185,21 +177,16 @@ def main(argv):
         "episodes (maml_trpo_point.py), evaluated 40 tasks with 40 "
         "episodes per step and step sizes 0.5 then 0.25."
     )
-    plots.plot_returns(
-        results, os.path.join(FLAGS.out, "returns.png"), title="2D navigation"
-    )
-    rollouts = rl.evaluation.sample_adaptation(
+    written = plots.plot_navigation_figures(
         models["MAML"],
-        task_batch[:3],
-        steps=1,
+        results,
+        task_batch,
+        FLAGS.out,
         num_trajectories=config.eval_num_trajectories,
+        seed=config.seed,
+        title="2D navigation",
     )
-    plots.plot_navigation_paths(
-        rollouts.observations,
-        np.asarray(task_batch[:3]),
-        os.path.join(FLAGS.out, "paths.png"),
-    )
-    print(f"figures: {FLAGS.out}/returns.png, {FLAGS.out}/paths.png")
+    print(f"figures: {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ def check_no_arguments(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
 
 
-def evaluate_and_report(model, config, test, workdir) -> None:
+def evaluate_and_report(model, config, test, workdir) -> list:
     """Evaluates on the test tasks after `config.eval_step_counts` inner
-    steps, prints the table and writes it to `workdir/evaluation.txt`.
+    steps, prints the table and writes it to `workdir/evaluation.txt`;
+    returns the results (`StepResult`s, or `StepReturn`s for meta-RL).
 
     Args:
         model: The trained model.
@@ -64,14 +65,7 @@ def evaluate_and_report(model, config, test, workdir) -> None:
     """
     if experiment.is_rl(config):
         task_batch = next(iter(test))[rl.task_families.TASKS]
-        results = rl.evaluate_returns(
-            model,
-            task_batch,
-            step_counts=tuple(config.eval_step_counts),
-            num_trajectories=config.eval_num_trajectories,
-            seed=config.seed,
-            inner_optimizer=experiment.test_time_inner_optimizer(config),
-        )
+        results = experiment.evaluate_rl_returns(model, config, task_batch)
         table = rl.format_returns(results)
     else:
         results = evaluation.evaluate_adaptation(
@@ -84,3 +78,4 @@ def evaluate_and_report(model, config, test, workdir) -> None:
     print(table)
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")
+    return results

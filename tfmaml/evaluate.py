@@ -45,42 +45,35 @@ def main(argv):
     experiment.configure_runtime(config)
     model = keras.models.load_model(path)
     splits = experiment.build_splits(config)
-    cli.evaluate_and_report(model, config, splits.test, workdir)
+    results = cli.evaluate_and_report(model, config, splits.test, workdir)
     if config.task == "sinusoid":
         _plot_sinusoid(model, config, os.path.join(workdir, "sinusoid.png"))
     if experiment.is_rl(config):
-        _compare_rl_baselines(model, config, splits.test, workdir)
+        _compare_rl_baselines(model, results, config, splits.test, workdir)
 
 
-def _compare_rl_baselines(model, config, test, workdir):
+def _compare_rl_baselines(model, results, config, test, workdir):
     """Evaluates the random-initialisation baseline (and the pretrained one
-    if given) beside the model; writes the table and, with matplotlib, the
-    return-vs-steps and paths figures."""
+    if given) beside the model's `results`; writes the tables and, with
+    matplotlib, the return-vs-steps and paths figures."""
     import keras
-    import numpy as np
 
     from tfmaml import rl
 
     task_batch = next(iter(test))[rl.task_families.TASKS]
     keras.utils.set_random_seed(config.seed + 1)
-    models = {"MAML": model, "random init": experiment.build_model(config)}
+    baselines = {"random init": experiment.build_model(config)}
     if FLAGS.pretrained_workdir:
-        models["pretrained"] = keras.models.load_model(
+        baselines["pretrained"] = keras.models.load_model(
             os.path.join(FLAGS.pretrained_workdir, cli.MODEL_FILE)
         )
-    results = {
-        name: rl.evaluate_returns(
-            m,
-            task_batch,
-            step_counts=tuple(config.eval_step_counts),
-            num_trajectories=config.eval_num_trajectories,
-            seed=config.seed,
-            inner_optimizer=experiment.test_time_inner_optimizer(config),
+    results = {"MAML": results}
+    for name, baseline in baselines.items():
+        results[name] = experiment.evaluate_rl_returns(
+            baseline, config, task_batch
         )
-        for name, m in models.items()
-    }
-    tables = [rl.format_returns(r, name) for name, r in results.items()]
-    print("\n\n".join(tables[1:]))
+    tables = [rl.format_returns(results[name], name) for name in baselines]
+    print("\n\n".join(tables))
     with open(os.path.join(workdir, "evaluation.txt"), "a") as f:
         f.write("\n" + "\n\n".join(tables) + "\n")
     try:
@@ -88,22 +81,16 @@ def _compare_rl_baselines(model, config, test, workdir):
     except ImportError:
         print('Skipped the figures: they need matplotlib ("tfmaml[plot]").')
         return
-    plots.plot_returns(
-        results, os.path.join(workdir, "returns.png"), title=config.name
-    )
-    rollouts = rl.evaluation.sample_adaptation(
+    written = plots.plot_navigation_figures(
         model,
-        task_batch[:3],
-        steps=1,
+        results,
+        task_batch,
+        workdir,
         num_trajectories=config.eval_num_trajectories,
         seed=config.seed,
+        title=config.name,
     )
-    plots.plot_navigation_paths(
-        rollouts.observations,
-        np.asarray(task_batch[:3]),
-        os.path.join(workdir, "paths.png"),
-    )
-    print(f"Wrote {workdir}/returns.png and paths.png")
+    print(f"Wrote {' and '.join(written)}")
 
 
 def _plot_sinusoid(model, config, path):

@@ -461,6 +461,34 @@ def test_time_inner_optimizer(
     return inner_loop.SGD((config.inner_lr, config.later_inner_lr))
 
 
+def evaluate_rl_returns(
+    model: keras.Model,
+    config: ml_collections.ConfigDict,
+    task_batch: tf.Tensor,
+    *,
+    inner_optimizer: inner_loop.InnerOptimizer | None = None,
+) -> list:
+    """A meta-RL model's returns after `config.eval_step_counts` inner
+    steps on `task_batch`, with the config's episodes, seed and test-time
+    inner optimiser (see `tfmaml.rl.evaluate_returns`).
+
+    Args:
+        model: A `tfmaml.rl.MetaRL`.
+        config: Its config.
+        task_batch: `[tasks, task_size]` test tasks.
+        inner_optimizer: Another test-time rule. Defaults to the config's
+            (`test_time_inner_optimizer`).
+    """
+    return rl.evaluate_returns(
+        model,
+        task_batch,
+        step_counts=tuple(config.eval_step_counts),
+        num_trajectories=config.eval_num_trajectories,
+        seed=config.seed,
+        inner_optimizer=inner_optimizer or test_time_inner_optimizer(config),
+    )
+
+
 def _rl_splits(config, train_start):
     family = build_family(config)
 
@@ -505,8 +533,9 @@ def _rl_model(config):
         sampling_correction=config.sampling_correction,
     )
     model.compile(
+        # TRPO's own default, SGD(1.0), applies its step.
         optimizer=(
-            keras.optimizers.SGD(1.0)
+            None
             if config.outer == "trpo"
             else keras.optimizers.Adam(config.learning_rate)
         ),

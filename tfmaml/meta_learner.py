@@ -129,9 +129,18 @@ class MetaLearner(keras.Model):
         """Turns gradients summed over this replica's `tasks` into the
         meta-batch mean: under `tf.distribute` the optimizer sums the
         replicas' gradients, so each divides by the whole task count."""
+        return self.divide_among_replicas(sums, tasks)
+
+    def divide_among_replicas(
+        self, values: Sequence[tf.Tensor], count: tf.Tensor | int = 1
+    ) -> list[tf.Tensor]:
+        """`values / (count * replicas)`: what each replica gives the
+        compiled optimizer, which sums the replicas' gradients under
+        `tf.distribute`, so that the update is the one of `values / count`
+        on one device."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        count = tf.cast(tasks, tf.int32) * replicas
-        return [g / tf.cast(count, g.dtype) for g in sums]
+        count = tf.cast(count, tf.int32) * replicas
+        return [g / tf.cast(count, g.dtype) for g in values]
 
     def write_back_state(self, states: Sequence[tf.Tensor]) -> None:
         """Keeps the base network's non-trainable state (batch norm

@@ -1,5 +1,6 @@
 """Figures. Needs matplotlib (`pip install "tfmaml[plot]"`)."""
 
+import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -124,3 +125,39 @@ def plot_navigation_paths(
     axes[0].legend(loc="upper left", fontsize="x-small")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def plot_navigation_figures(
+    model,
+    results: dict[str, Sequence],
+    task_batch,
+    directory: str,
+    *,
+    num_trajectories: int,
+    seed: int = 0,
+    title: str = "",
+) -> list[str]:
+    """Writes `returns.png` (`plot_returns` of `results`) and `paths.png`
+    (`plot_navigation_paths` of `model` on the first three tasks, adapted
+    on `num_trajectories` episodes) to `directory`; returns their paths.
+
+    Args:
+        model: A `tfmaml.rl.MetaRL` on 2D navigation.
+        results: `{name: [tfmaml.rl.StepReturn, ...]}`.
+        task_batch: `[tasks, 2]` goals, the first three drawn.
+        directory: Where the PNGs go.
+        num_trajectories: Episodes the adaptation samples.
+        seed: Seeds the episodes. Defaults to `0`.
+        title: The returns figure's title. Defaults to none.
+    """
+    from tfmaml import rl
+
+    returns_path = os.path.join(directory, "returns.png")
+    paths_path = os.path.join(directory, "paths.png")
+    plot_returns(results, returns_path, title=title)
+    goals = task_batch[:3]
+    rollouts = rl.evaluation.sample_adaptation(
+        model, goals, steps=1, num_trajectories=num_trajectories, seed=seed
+    )
+    plot_navigation_paths(rollouts.observations, np.asarray(goals), paths_path)
+    return [returns_path, paths_path]

@@ -282,17 +282,13 @@ class PolicyAdaptation:
 
     def _adapt_each(self, per_task, state, step_data, step):
         """One inner step of every task from its own weights (sampling)."""
-        template = (
-            self.inner_optimizer.init(
+        if state is None:  # The first step: every task's initial state.
+            first = self.inner_optimizer.init(
                 self._adapted_part([w[0] for w in per_task])
             )
-            if state is None
-            else None
-        )
-        if state is None:
             state = tf.nest.map_structure(
                 lambda s: tf.repeat(s[None], tf.shape(per_task[0])[0], 0),
-                template,
+                first,
             )
 
         def one(task):

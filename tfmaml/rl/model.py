@@ -208,9 +208,8 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         )
         if self.outer == "trpo":
             step, kl, fraction = self._trpo_step(weights, collected)
-            # Every replica computes the same step; the optimizer sums them.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            gradients = [-s / replicas for s in step]
+            # Every replica computes the same step.
+            gradients = self.divide_among_replicas([-s for s in step])
         else:
             gradients, kl = self._policy_gradient(weights, collected)
             fraction = tf.ones([], kl.dtype)
@@ -315,9 +314,7 @@ class MetaRL(PolicyAdaptation, MetaLearner):
             tape.watch(weights)
             surrogate, kl = self.objective(weights, collected)
             loss = -tf.reduce_mean(surrogate)
-        gradients = tape.gradient(loss, weights)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        gradients = [g / replicas for g in gradients]
+        gradients = self.divide_among_replicas(tape.gradient(loss, weights))
         return gradients, tf.reduce_mean(kl)
 
     # Adaptation at test and serving time.

@@ -15,6 +15,8 @@ import tensorflow as tf
 # horizon), observations are clipped to [-10, 10].
 _TIME_SCALE = 100.0
 _CLIP = 10.0
+# rllab's ridge coefficient.
+RIDGE = 1e-5
 
 
 def discounted_cumsum(values: tf.Tensor, discount: float) -> tf.Tensor:
@@ -70,7 +72,7 @@ def fit_linear_baseline(
     returns: tf.Tensor,
     masks: tf.Tensor,
     *,
-    l2: float = 1e-5,
+    l2: float = RIDGE,
 ) -> tf.Tensor:
     """The weights of the ridge regression of `returns` on the features.
 
@@ -87,6 +89,11 @@ def fit_linear_baseline(
         `[..., F]` weights, in float64.
     """
     features = tf.cast(baseline_features(observations), tf.float64)
+    return _ridge_weights(features, returns, masks, l2)
+
+
+def _ridge_weights(features, returns, masks, l2):
+    """`fit_linear_baseline` on float64 features `[..., K, T, F]`."""
     weights = tf.cast(masks, tf.float64)
     targets = tf.cast(returns, tf.float64)
     gram = tf.einsum("...ktf,...kt,...ktg->...fg", features, weights, features)
@@ -111,8 +118,8 @@ def linear_baseline(
         discount: The discount factor.
     """
     returns = discounted_cumsum(rewards * masks, discount)
-    weights = fit_linear_baseline(observations, returns, masks)
     features = tf.cast(baseline_features(observations), tf.float64)
+    weights = _ridge_weights(features, returns, masks, RIDGE)
     values = tf.einsum("...ktf,...f->...kt", features, weights)
     return tf.cast(values, rewards.dtype) * masks
 
