@@ -27,7 +27,7 @@ class OneStepQuadratic:
     def sample_tasks(self, count, seed):
         return tf.random.stateless_uniform([count, 1], seed, -1.0, 1.0)
 
-    def reset(self, tasks):
+    def reset(self, tasks, seeds):
         return tf.ones_like(tasks)
 
     def step(self, tasks, observations, actions):
@@ -228,7 +228,7 @@ def test_conjugate_gradient_solves_a_positive_definite_system(float64):
 def test_navigation_dynamics_clip_reward_and_terminate():
     family = rl.Navigation2D()
     goals = tf.constant([[0.05, 0.0], [0.3, -0.2]])
-    start = family.reset(goals)
+    start = family.reset(goals, None)
     np.testing.assert_array_equal(start, np.zeros((2, 2)))
     position, reward, terminated = family.step(
         goals, start, tf.constant([[0.5, 0.0], [7.0, -7.0]])

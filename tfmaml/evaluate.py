@@ -81,15 +81,19 @@ def _compare_rl_baselines(model, results, config, test, workdir):
     except ImportError:
         print('Skipped the figures: they need matplotlib ("tfmaml[plot]").')
         return
-    written = plots.plot_navigation_figures(
-        model,
-        results,
-        task_batch,
-        workdir,
-        num_trajectories=config.eval_num_trajectories,
-        seed=config.seed,
-        title=config.name,
-    )
+    if config.task == "navigation2d":
+        written = plots.plot_navigation_figures(
+            model,
+            results,
+            task_batch,
+            workdir,
+            num_trajectories=config.eval_num_trajectories,
+            seed=config.seed,
+            title=config.name,
+        )
+    else:  # Paths are drawn for 2D navigation only.
+        written = [os.path.join(workdir, "returns.png")]
+        plots.plot_returns(results, written[0], title=config.name)
     print(f"Wrote {' and '.join(written)}")
 
 

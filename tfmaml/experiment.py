@@ -446,7 +446,9 @@ def build_family(config: ml_collections.ConfigDict) -> rl.TaskFamily:
     Args:
         config: A meta-RL config (`config.task` names the family).
     """
-    return rl.FAMILIES[config.task](horizon=config.horizon)
+    return rl.FAMILIES[config.task](
+        horizon=config.horizon, **dict(config.get("family_args", {}))
+    )
 
 
 def test_time_inner_optimizer(
@@ -507,7 +509,8 @@ def _rl_splits(config, train_start):
             config.meta_batch_size,
             num_batches=config.validation_batches,
         ),
-        test=stream("test", config.eval_tasks, num_batches=1),
+        # A family with held-out tasks (Meta-World's) is tested on them.
+        test=stream("test", config.eval_tasks, num_batches=1, held_out=True),
     )
 
 

@@ -21,6 +21,10 @@ from tfmaml.rl import returns
 from tfmaml.rl.rollouts import Trajectories
 from tfmaml.rl.rollouts import rollout
 
+# Rounding gives mean log-prob gaps near 1e-6; one TRPO step (mean KL
+# 0.01) gives about 0.1.
+ON_POLICY_TOLERANCE = 1e-3
+
 
 class Step(NamedTuple):
     """One inner step's episodes of every task and their advantages."""
@@ -58,7 +62,10 @@ class PolicyAdaptation:
 
         Nothing here is differentiated: the samples are constants, and the
         inner steps taken to sample are redone, differentiably, by
-        `objective`.
+        `objective`. Each later round's actions are checked to come from
+        the adapted weights that round was meant to use; the first round's
+        are checked against the weights being trained by
+        `check_on_policy`, which `MetaRL.train_step` calls.
 
         Args:
             weights: The initial weights (tensors).
@@ -99,6 +106,10 @@ class PolicyAdaptation:
                 k,
                 seeds[step],
             )
+            if step:
+                self._assert_on_policy(
+                    self._per_task_outputs(per_task, episodes), episodes, step
+                )
             advantages = self._advantages(episodes)
             support.append(Step(episodes, advantages))
             per_task, state = self._adapt_each(
@@ -112,18 +123,58 @@ class PolicyAdaptation:
             seeds[steps],
             deterministic=deterministic_query,
         )
-        old_outputs = self._policy_fn(per_task)(
-            tf.reshape(
-                query.observations,
-                [tf.shape(task_batch)[0], -1, self.family.observation_size],
-            )
-        )
-        shape = tf.shape(query.rewards)
-        old_outputs = tf.reshape(
-            old_outputs, [shape[0], shape[1], shape[2], -1]
-        )
+        old_outputs = self._per_task_outputs(per_task, query)
+        if steps:
+            self._assert_on_policy(old_outputs, query, steps)
         return Collected(
             support, Step(query, self._advantages(query)), old_outputs
+        )
+
+    def check_on_policy(
+        self, weights: Sequence[tf.Tensor], collected: Collected
+    ) -> None:
+        """Fails unless the first round of `collected` was sampled from
+        `weights` (the ones a training step differentiates): the
+        log-probabilities recorded when each action was chosen must match
+        those `weights` give. A sampler that acted with other weights (a
+        stale copy, prefetched episodes) fails here, loudly.
+
+        Raises:
+            tf.errors.InvalidArgumentError: Naming the round.
+        """
+        first = (
+            collected.support[0] if collected.support else collected.query
+        ).trajectories
+        outputs = self._outputs(list(weights), first.observations)
+        self._assert_on_policy(outputs, first, 0)
+
+    def _per_task_outputs(self, per_task, episodes):
+        shape = tf.shape(episodes.rewards)
+        outputs = self._policy_fn(per_task)(
+            tf.reshape(
+                episodes.observations,
+                [shape[0], -1, self.family.observation_size],
+            )
+        )
+        return tf.reshape(outputs, [shape[0], shape[1], shape[2], -1])
+
+    def _assert_on_policy(self, outputs, episodes, step):
+        now = policies.log_prob(outputs, episodes.actions)
+        masks = episodes.masks
+        gap = tf.reduce_max(
+            tf.reduce_sum(tf.abs(now - episodes.log_probs) * masks, [1, 2])
+            / tf.maximum(tf.reduce_sum(masks, [1, 2]), 1.0)
+        )
+        tf.debugging.assert_less(
+            gap,
+            tf.constant(ON_POLICY_TOLERANCE, gap.dtype),
+            message=(
+                f"Off-policy samples: the episodes sampled before inner step "
+                f"{step} were not drawn from the weights this training step "
+                "uses (mean |log-prob difference| over a task's steps above "
+                f"{ON_POLICY_TOLERANCE}); the sampler acted with other "
+                "(stale?) weights."
+            ),
         )
 
     # The objective.

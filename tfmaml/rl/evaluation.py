@@ -4,7 +4,9 @@ For each test task, `num_trajectories` episodes are sampled with the
 policy as it is after `k` inner steps (each step adapting on the previous
 step's episodes, as at meta-test time), and their mean return is the
 task's return after `k` steps. Results are the mean over tasks with a 95%
-confidence interval (1.96 standard errors).
+confidence interval (1.96 standard errors). For a family that records
+`success` (Meta-World), the success rate too: the fraction of episodes in
+which the success flag was set at some step (Meta-World's definition).
 """
 
 import contextlib
@@ -15,22 +17,30 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tfmaml.rl.rollouts import success_rates
+
 
 class StepReturn(NamedTuple):
-    """The mean return after `steps` inner steps over `num_tasks` tasks."""
+    """The mean return after `steps` inner steps over `num_tasks` tasks,
+    and the success rate (`None` for a family without success flags)."""
 
     steps: int
     num_tasks: int
     mean: float
     ci95: float
+    success: float | None = None
+    success_ci95: float | None = None
 
 
 class Rollouts(NamedTuple):
-    """Per-task returns `[tasks, steps + 1]` and the episodes of every step
-    (observations `[steps + 1, tasks, K, T, obs]`), for tables and plots."""
+    """Per-task returns `[tasks, steps + 1]`, the episodes of every step
+    (observations `[steps + 1, tasks, K, T, obs]`) and per-task success
+    rates `[tasks, steps + 1]` (`None` without success flags), for tables
+    and plots."""
 
     returns: np.ndarray
     observations: np.ndarray
+    successes: np.ndarray | None = None
 
 
 def sample_adaptation(
@@ -70,7 +80,8 @@ def sample_adaptation(
         every.append(collected.query.trajectories)
         returns = tf.stack([tf.reduce_mean(t.returns(), 1) for t in every], 1)
         observations = tf.stack([t.observations for t in every])
-        return returns, observations
+        successes = tf.stack([success_rates(model.family, t) for t in every], 1)
+        return returns, observations, successes
 
     rule = model.inner_optimizer if inner_optimizer is None else inner_optimizer
     function = model.cached_function(
@@ -82,8 +93,13 @@ def sample_adaptation(
         tf.constant([seed, 0], tf.int64), tf.shape(task_batch)[0]
     )
     with _adapting_with(model, rule):
-        returns, observations = function(task_batch, seeds)
-    return Rollouts(returns.numpy(), observations.numpy())
+        returns, observations, successes = function(task_batch, seeds)
+    has_success = "success" in getattr(model.family, "info_keys", ())
+    return Rollouts(
+        returns.numpy(),
+        observations.numpy(),
+        successes.numpy() if has_success else None,
+    )
 
 
 @contextlib.contextmanager
@@ -134,12 +150,26 @@ def evaluate_returns(
     )
     results = []
     for steps in step_counts:
-        values = rollouts.returns[:, steps]
-        ci = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+        mean, ci = _mean_and_ci(rollouts.returns[:, steps])
+        success = success_ci = None
+        if rollouts.successes is not None:
+            success, success_ci = _mean_and_ci(rollouts.successes[:, steps])
         results.append(
-            StepReturn(steps, len(values), float(values.mean()), float(ci))
+            StepReturn(
+                steps,
+                len(rollouts.returns),
+                mean,
+                ci,
+                success,
+                success_ci,
+            )
         )
     return results
+
+
+def _mean_and_ci(values):
+    ci = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(ci)
 
 
 def format_returns(results: Sequence[StepReturn], title: str = "") -> str:
@@ -150,9 +180,14 @@ def format_returns(results: Sequence[StepReturn], title: str = "") -> str:
         title: A line above the table. Defaults to none.
     """
     lines = [title] if title else []
-    lines.append("inner steps | tasks | average return (95% CI)")
+    successes = results and results[0].success is not None
+    header = "inner steps | tasks | average return (95% CI)"
+    lines.append(header + (" | success rate (95% CI)" if successes else ""))
     for r in results:
-        lines.append(
+        line = (
             f"{r.steps:>11} | {r.num_tasks:>5} | {r.mean:.2f} +- {r.ci95:.2f}"
         )
+        if successes:
+            line += f" | {100 * r.success:.1f}% +- {100 * r.success_ci95:.1f}%"
+        lines.append(line)
     return "\n".join(lines)

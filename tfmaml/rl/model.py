@@ -38,6 +38,7 @@ from tfmaml.rl import export
 from tfmaml.rl import policies
 from tfmaml.rl import trpo
 from tfmaml.rl.episodes import PolicyAdaptation
+from tfmaml.rl.rollouts import success_rates
 from tfmaml.rl.task_families import SEEDS
 from tfmaml.rl.task_families import TASKS
 
@@ -149,10 +150,10 @@ class MetaRL(PolicyAdaptation, MetaLearner):
                 "`outer='trpo'` steps the policy's weights only; learned "
                 "inner-loop hyperparameters need `outer='policy_gradient'`."
             )
-        self._trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("pre_return", "return", "kl", "step_fraction")
-        }
+        names = ["pre_return", "return", "kl", "step_fraction"]
+        if "success" in getattr(family, "info_keys", ()):
+            names += ["pre_success", "success"]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     # Keras integration.
 
@@ -206,6 +207,7 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         collected = self.collect(
             weights, batch_tasks, seed, steps=self.inner_steps
         )
+        self.check_on_policy(weights, collected)
         if self.outer == "trpo":
             step, kl, fraction = self._trpo_step(weights, collected)
             # Every replica computes the same step.
@@ -377,13 +379,22 @@ class MetaRL(PolicyAdaptation, MetaLearner):
         self._trackers["return"].update_state(
             tf.reduce_mean(collected.query.trajectories.returns())
         )
+        if "success" in self._trackers:
+            for name, episodes in (
+                ("pre_success", first),
+                ("success", collected.query.trajectories),
+            ):
+                self._trackers[name].update_state(
+                    tf.reduce_mean(success_rates(self.family, episodes))
+                )
         logs = {}
         for name, value in (("kl", kl), ("step_fraction", fraction)):
             if value is not None:
                 self._trackers[name].update_state(value)
                 logs[name] = self._trackers[name].result()
-        for name in ("pre_return", "return"):
-            logs[name] = self._trackers[name].result()
+        for name in ("pre_return", "return", "pre_success", "success"):
+            if name in self._trackers:
+                logs[name] = self._trackers[name].result()
         return logs
 
 

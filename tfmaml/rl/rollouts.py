@@ -9,6 +9,7 @@ a task's episodes are the same whatever else is in the batch.
 """
 
 from collections.abc import Callable
+from typing import Any
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -21,13 +22,20 @@ class Trajectories(NamedTuple):
     """A batch of episodes, `[tasks, trajectories, time, ...]`.
 
     `masks` is 1 for the steps an episode took (up to and including the
-    one that terminated it) and 0 after; rewards there are 0.
+    one that terminated it) and 0 after; rewards there are 0. `infos`
+    holds the family's `info_keys` values at every step (`[..., 0]` for a
+    family without any); `log_probs` the log-probability of each action
+    under the policy that chose it, as computed when it was sampled (the
+    on-policy check compares it with the weights being trained). Both are
+    `None` for episodes that were not sampled here (e.g. served ones).
     """
 
     observations: tf.Tensor
     actions: tf.Tensor
     rewards: tf.Tensor
     masks: tf.Tensor
+    infos: tf.Tensor | None = None
+    log_probs: tf.Tensor | None = None
 
     def returns(self) -> tf.Tensor:
         """Undiscounted episode returns, `[tasks, trajectories]`."""
@@ -68,9 +76,21 @@ def rollout(
     num_tasks = tf.shape(tasks)[0]
     expanded = tf.repeat(tasks[:, None], num_trajectories, axis=1)
     flat_tasks = tf.reshape(expanded, [-1, family.task_size])
-    observations = family.reset(flat_tasks)
+    # Each episode's reset seed, from a stream apart from the noise's.
+    reset_seeds = tf.map_fn(
+        lambda seed: tf.random.stateless_uniform(
+            [num_trajectories],
+            tf.random.experimental.stateless_fold_in(seed, 1),
+            maxval=2**31 - 1,
+            dtype=tf.int64,
+        ),
+        seeds,
+        fn_output_signature=tf.TensorSpec([num_trajectories], tf.int64),
+    )
+    observations = family.reset(flat_tasks, tf.reshape(reset_seeds, [-1]))
     shape = [num_tasks, num_trajectories]
     dtype = observations.dtype
+    info_size = len(getattr(family, "info_keys", ()))
     noise = tf.map_fn(
         lambda seed: tf.random.stateless_normal(
             [horizon, num_trajectories, family.action_size], seed, dtype=dtype
@@ -89,10 +109,12 @@ def rollout(
         else:
             actions = policies.sample(outputs, noise[:, t])
         actions = tf.stop_gradient(actions)
+        log_probs = tf.stop_gradient(policies.log_prob(outputs, actions))
         flat_actions = tf.reshape(actions, [-1, family.action_size])
-        next_observations, rewards, terminated = family.step(
+        next_observations, rewards, terminated, *infos = family.step(
             flat_tasks, observations, flat_actions
         )
+        infos = infos[0] if infos else tf.zeros([tf.shape(rewards)[0], 0])
         rewards = tf.debugging.assert_all_finite(
             rewards,
             f"{type(family).__name__}.step returned a NaN or infinite reward",
@@ -103,6 +125,12 @@ def rollout(
             arrays[1].write(t, actions),
             arrays[2].write(t, tf.reshape(rewards, shape) * mask),
             arrays[3].write(t, mask),
+            arrays[4].write(
+                t,
+                tf.reshape(tf.cast(infos, dtype), [*shape, info_size])
+                * mask[..., None],
+            ),
+            arrays[5].write(t, log_probs),
         )
         alive = alive * (1.0 - tf.cast(terminated, alive.dtype))
         return t + 1, next_observations, alive, arrays
@@ -114,6 +142,8 @@ def rollout(
             [None, k, family.observation_size],
             [None, k, family.action_size],
             [None, k],
+            [None, k],
+            [None, k, info_size],
             [None, k],
         )
     )
@@ -133,3 +163,14 @@ def rollout(
         )
 
     return Trajectories(*(time_third(a) for a in arrays))
+
+
+def success_rates(family: Any, episodes: Any) -> tf.Tensor:
+    """Per task, the fraction of `episodes` that succeeded: the family's
+    `success` flag set at some step (zeros for a family without it)."""
+    keys = tuple(getattr(family, "info_keys", ()))
+    if "success" not in keys:
+        return tf.zeros(tf.shape(episodes.rewards)[:1], episodes.rewards.dtype)
+    flags = episodes.infos[..., keys.index("success")] * episodes.masks
+    succeeded = tf.cast(tf.reduce_max(flags, axis=-1) > 0.0, flags.dtype)
+    return tf.reduce_mean(succeeded, axis=1)

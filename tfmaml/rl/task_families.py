@@ -3,9 +3,12 @@ TensorFlow ops, so that rollouts run inside the training graph.
 
 A family samples task parameters (a goal, a target velocity, ...) as a
 `[tasks, task_size]` tensor, and steps a batch of environments, each with
-its own task, as tensors: `reset(tasks) -> observations` and
+its own task, as tensors: `reset(tasks, seeds) -> observations` and
 `step(tasks, observations, actions) -> (observations, rewards,
-terminated)`. Episodes last `horizon` steps unless they terminate first.
+terminated)` (plus the values of its `info_keys`, if it has any).
+Episodes last `horizon` steps unless they terminate first. The families
+here run as TensorFlow ops; `tfmaml.rl.simulators` runs simulators
+(MuJoCo, Meta-World) in worker processes behind the same protocol.
 `task_batches` is the dataset `MetaRL.fit` takes: meta-batches of tasks and
 rollout seeds, drawn by batch index like every tfmaml stream.
 """
@@ -42,15 +45,18 @@ class TaskFamily(Protocol):
     def sample_tasks(self, count: int, seed: tf.Tensor) -> tf.Tensor:
         """`[count, task_size]` task parameters from a stateless seed."""
 
-    def reset(self, tasks: tf.Tensor) -> tf.Tensor:
+    def reset(self, tasks: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
         """The first observations `[N, observation_size]` of N
-        environments with tasks `[N, task_size]`."""
+        environments with tasks `[N, task_size]` and int64 reset seeds
+        `[N]` (a family without random starts ignores them)."""
 
     def step(
         self, tasks: tf.Tensor, observations: tf.Tensor, actions: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, ...]:
         """Next observations, rewards `[N]` and a boolean `terminated [N]`
-        (the step reached a terminal state; later steps do not count)."""
+        (the step reached a terminal state; later steps do not count); a
+        family with `info_keys` (an optional attribute, e.g.
+        `("success",)`) returns their values `[N, len(info_keys)]` fourth."""
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
@@ -124,8 +130,8 @@ class Navigation2D:
             [count, 2], seed, -self.goal_range, self.goal_range
         )
 
-    def reset(self, tasks: tf.Tensor) -> tf.Tensor:
-        """Every agent at the origin."""
+    def reset(self, tasks: tf.Tensor, seeds: tf.Tensor = None) -> tf.Tensor:
+        """Every agent at the origin (`seeds` unused: no random start)."""
         return tf.zeros_like(tasks)
 
     def step(
@@ -147,6 +153,7 @@ def task_batches(
     seed: int = 0,
     num_batches: int | None = None,
     start: int = 0,
+    held_out: bool = False,
 ) -> tf.data.Dataset:
     """The dataset `MetaRL.fit` takes: meta-batches of fresh tasks.
 
@@ -163,6 +170,10 @@ def task_batches(
         num_batches: Number of elements; `None` (the default) repeats
             forever.
         start: The index of the first element. Defaults to `0`.
+        held_out: Whether to draw the family's held-out (test) tasks,
+            for a family that has them (`sample_held_out_tasks`, e.g.
+            Meta-World's); other families' test tasks are fresh draws
+            from another seed. Defaults to `False`.
 
     Returns:
         A `tf.data.Dataset`.
@@ -173,16 +184,16 @@ def task_batches(
     check_int("meta_batch_size", meta_batch_size, minimum=1)
     check_optional_int("num_batches", num_batches, minimum=1)
     check_int("start", start, minimum=0)
+    sample = family.sample_tasks
+    if held_out:
+        sample = getattr(family, "sample_held_out_tasks", sample)
 
     def make_batch(index):
         seeds = batch_seeds(seed, index, 2)
-        tasks = family.sample_tasks(meta_batch_size, seeds[0])
+        tasks = sample(meta_batch_size, seeds[0])
         task_seeds = tf.random.experimental.stateless_split(
             seeds[1], meta_batch_size
         )
         return {TASKS: tasks, SEEDS: task_seeds}
 
     return indexed_stream(make_batch, num_batches, start)
-
-
-FAMILIES = {"navigation2d": Navigation2D}
