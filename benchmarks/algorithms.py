@@ -173,7 +173,13 @@ def main(argv):
 
 
 def _format(result):
-    """MSE or accuracy with its CI; a non-finite loss says it diverged."""
+    """MSE or accuracy with its CI, or the step where adaptation diverged
+    (a huge but finite loss is flagged too)."""
+    if result.get("diverged_at") is not None:
+        return (
+            f"diverged at step {result['diverged_at']} "
+            f"({result['diverged_tasks']} tasks)"
+        )
     if not math.isfinite(result["loss"]) or result["loss"] > 1e3:
         return f"diverged (loss {result['loss']:.3g})"
     if result["accuracy"] is None:

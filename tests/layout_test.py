@@ -17,6 +17,7 @@ ORDER = [
     "tfmaml.data.episodes",
     "tfmaml.data",
     "tfmaml.inner_loop",
+    "tfmaml.divergence",
     "tfmaml.adapted_variables",
     "tfmaml.networks",
     "tfmaml.tasks",

@@ -377,6 +377,14 @@ def test_export_adapts_like_the_model_in_a_process_without_tfmaml(
             served.adapt_and_act(**bad)
         except tf.errors.InvalidArgumentError as error:
             print("refused:", " ".join(error.message.split()))
+        for name in ("observations", "actions", "query_observations"):
+            bad = dict(task)
+            bad[name] = np.where(np.arange(bad[name].shape[-1]) == 0,
+                                 np.inf, bad[name]).astype("float32")
+            try:
+                served.adapt_and_act(**bad)
+            except tf.errors.InvalidArgumentError as error:
+                print("refused:", " ".join(error.message.split()))
         one = {k: v[:1] if k != "query_observations" else v
                for k, v in task.items()}
         try:
@@ -407,7 +415,13 @@ def test_export_adapts_like_the_model_in_a_process_without_tfmaml(
         line for line in result.stdout.splitlines() if "refused" in line
     ]
     assert "rewards holds a NaN" in refusals[0]
-    assert "at least 2 episodes" in refusals[1]
+    for line, name in zip(
+        refusals[1:4],
+        ("observations", "actions", "query_observations"),
+        strict=True,
+    ):
+        assert f"{name} holds a NaN or infinite value" in line
+    assert "at least 2 episodes" in refusals[4]
 
 
 @pytest.mark.slow

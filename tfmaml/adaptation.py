@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from tfmaml import batches
+from tfmaml import divergence
 from tfmaml import inner_loop
 from tfmaml import networks
 from tfmaml import tasks
@@ -34,6 +35,11 @@ def adapted_weights(
 
     Returns:
         One tensor per trainable variable of the base network.
+
+    Raises:
+        tf.errors.InvalidArgumentError: If the fast weights become NaN or
+            infinite (`tfmaml.divergence` names the step), also in the
+            exported graph.
     """
     problem = model.inner_problem()
     state = tasks.network_state(problem.network)
@@ -44,7 +50,7 @@ def adapted_weights(
         )
         return penalty + problem.loss(y, predictions, None)
 
-    return inner_loop.adapt(
+    trajectory = inner_loop.adaptation_trajectory(
         support_loss,
         [tf.convert_to_tensor(w) for w in problem.weights],
         support_x,
@@ -53,6 +59,11 @@ def adapted_weights(
         optimizer=problem.optimizer,
         first_order=True,
         adapted=problem.adapted,
+    )
+    return divergence.checked_last_weights(
+        trajectory,
+        trained_steps=problem.trained_steps,
+        optimizer=problem.optimizer,
     )
 
 

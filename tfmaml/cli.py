@@ -54,7 +54,8 @@ def check_no_arguments(argv) -> None:
 
 def evaluate_and_report(model, config, test, workdir) -> list:
     """Evaluates on the test tasks after `config.eval_step_counts` inner
-    steps, prints the table and writes it to `workdir/evaluation.txt`;
+    steps, prints the table (a step count whose adaptation diverged says
+    so, with the remedy) and writes it to `workdir/evaluation.txt`;
     returns the results (`StepResult`s, or `StepReturn`s for meta-RL).
 
     Args:
@@ -75,6 +76,11 @@ def evaluate_and_report(model, config, test, workdir) -> list:
             num_tasks=config.eval_tasks,
         )
         table = evaluation.format_results(results)
+        diverged = [r for r in results if r.diverged_at is not None]
+        if diverged:
+            table += "\n" + evaluation.divergence_advice(
+                model, diverged[0].steps, diverged[0].diverged_at
+            )
     print(table)
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")

@@ -46,6 +46,8 @@ def main(argv):
     model = keras.models.load_model(path)
     splits = experiment.build_splits(config)
     results = cli.evaluate_and_report(model, config, splits.test, workdir)
+    if any(getattr(r, "diverged_at", None) is not None for r in results):
+        raise SystemExit(1)  # The table says where and what to do.
     if config.task == "sinusoid":
         _plot_sinusoid(model, config, os.path.join(workdir, "sinusoid.png"))
     if experiment.is_rl(config):

@@ -1,7 +1,9 @@
 """Episodic evaluation: query loss (and accuracy) after k inner steps.
 
 Reports the mean over tasks with a 95% confidence interval (1.96 standard
-errors), the convention of the few-shot literature.
+errors), the convention of the few-shot literature. A step count at which
+some task's adaptation diverged (NaN or infinite fast weights) is reported
+as such, with the first diverging step, never as a NaN mean.
 """
 
 from collections.abc import Sequence
@@ -10,13 +12,19 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tfmaml import batches
+from tfmaml import divergence
+from tfmaml import tasks
+from tfmaml.divergence import NO_DIVERGENCE
 from tfmaml.model import MAML
 
 
 class StepResult(NamedTuple):
     """Query metrics after `steps` inner steps, over `num_tasks` tasks.
 
-    The accuracy fields are `None` for regression.
+    The accuracy fields are `None` for regression. `diverged_at` is the
+    first inner step at which some task's adaptation diverged (`None` if
+    none did); `diverged_tasks` how many tasks did.
     """
 
     steps: int
@@ -25,6 +33,8 @@ class StepResult(NamedTuple):
     loss_ci95: float
     accuracy: float | None
     accuracy_ci95: float | None
+    diverged_at: int | None = None
+    diverged_tasks: int = 0
 
 
 def evaluate_adaptation(
@@ -55,12 +65,14 @@ def evaluate_adaptation(
     solvers = {steps: _solver(model, steps) for steps in step_counts}
     losses = {steps: [] for steps in step_counts}
     accuracies = {steps: [] for steps in step_counts}
+    diverged = {steps: [] for steps in step_counts}
     seen = 0
     for x, y in dataset:
         for steps, solve in solvers.items():
-            loss, accuracy = solve(x, y)
+            loss, accuracy, diverged_at = solve(x, y)
             losses[steps].append(loss.numpy())
             accuracies[steps].append(accuracy.numpy())
+            diverged[steps].append(diverged_at.numpy())
         seen += int(tf.shape(y)[0])
         if num_tasks is not None and seen >= num_tasks:
             break
@@ -74,6 +86,8 @@ def evaluate_adaptation(
     for steps in step_counts:
         loss = np.concatenate(losses[steps])[:num_tasks]
         accuracy = np.concatenate(accuracies[steps])[:num_tasks]
+        at = np.concatenate(diverged[steps])[:num_tasks]
+        at = at[at != NO_DIVERGENCE]
         results.append(
             StepResult(
                 steps=steps,
@@ -82,6 +96,8 @@ def evaluate_adaptation(
                 loss_ci95=_ci95(loss),
                 accuracy=float(accuracy.mean()) if classification else None,
                 accuracy_ci95=_ci95(accuracy) if classification else None,
+                diverged_at=int(at.min()) if len(at) else None,
+                diverged_tasks=len(at),
             )
         )
     return results
@@ -95,6 +111,12 @@ def format_results(results: Sequence[StepResult]) -> str:
     """
     lines = ["inner steps | tasks | query loss (95% CI) | accuracy (95% CI)"]
     for r in results:
+        if r.diverged_at is not None:
+            lines.append(
+                f"{r.steps:>11} | {r.num_tasks:>5} | diverged at step "
+                f"{r.diverged_at} ({r.diverged_tasks} of {r.num_tasks} tasks)"
+            )
+            continue
         accuracy = (
             "-"
             if r.accuracy is None
@@ -107,12 +129,33 @@ def format_results(results: Sequence[StepResult]) -> str:
     return "\n".join(lines)
 
 
+def divergence_advice(model: MAML, steps: int, diverged_at: int) -> str:
+    """The divergence error's text for a table: the step, the steps the
+    model was trained with, and the remedy.
+
+    Args:
+        model: The evaluated model.
+        steps: The step count whose adaptation diverged.
+        diverged_at: The first diverging step.
+    """
+    text = divergence.message(steps, model.inner_steps, model.inner_optimizer)
+    return "error: " + text.replace("{}", str(diverged_at), 1).replace(
+        " (task {} of the batch)", ""
+    )
+
+
 def _solver(model, steps):
     @tf.function(reduce_retracing=True)
     def solve(x, y):
         episode = model.episode_from_batch((x, y))
-        results = model.solve_tasks(
-            episode, steps=steps, first_order=True, training=False
+        batches.check_label_rank(model.base_model, episode, model.label_kind)
+        results = tasks.solve_tasks(
+            model.inner_problem(),
+            episode,
+            steps=steps,
+            first_order=True,
+            training=False,
+            divergence="report",
         )
         kind = model.label_kind
         if kind.classification:
@@ -127,7 +170,7 @@ def _solver(model, steps):
             )
         else:
             accuracy = tf.zeros_like(results.loss, tf.float32)
-        return results.loss, accuracy
+        return results.loss, accuracy, results.diverged_at
 
     return solve
 

@@ -20,6 +20,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfmaml.divergence import check_finite_input
+
 
 def export_model(
     model: Any,
@@ -161,7 +163,9 @@ def export_saved_model(
                 ),
             ]
         with tf.control_dependencies(checks):
-            support_x = tf.identity(support_x)
+            support_x = check_finite_input("support_x", support_x)
+        support_y = check_finite_input("support_y", support_y)
+        query_x = check_finite_input("query_x", query_x)
         fast = model.adapted_weights(prepare(support_x), support_y, steps)
         result = outputs(
             model.predict_with_weights(fast, prepare(query_x), steps)

@@ -108,6 +108,24 @@ class MetaLearner(keras.Model):
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
 
+    def make_test_function(self, force=False):
+        return self._without_xla(super().make_test_function, force)
+
+    def make_predict_function(self, force=False):
+        return self._without_xla(super().make_predict_function, force)
+
+    def _without_xla(self, make, force):
+        # Evaluation and prediction adapt outside training, where
+        # divergence raises an error whose message a string op formats
+        # (`tfmaml.divergence`), which XLA cannot compile; their inner loop
+        # is first order and gains little from XLA. Training keeps it.
+        jit_compile = self._jit_compile
+        self._jit_compile = False
+        try:
+            return make(force)
+        finally:
+            self._jit_compile = jit_compile
+
     def cached_function(self, key: Any, make: Any) -> Any:
         """`make()` (e.g. a `tf.function`) built once per `key` and kept out
         of Keras' and SavedModel's tracking, so repeated calls reuse its

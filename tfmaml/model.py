@@ -32,8 +32,6 @@ from tfmaml.meta_learner import MetaLearner
 from tfmaml.tasks import TASK_LOOPS
 from tfmaml.tasks import TaskResults
 
-__all__ = ["MAML"]
-
 
 @keras.saving.register_keras_serializable(package="tfmaml")
 class MAML(MetaLearner):
@@ -360,6 +358,7 @@ class MAML(MetaLearner):
             ),
             task_loop=self.task_loop,
             recompute=self.recompute_inner_steps,
+            trained_steps=self.inner_steps,
         )
 
     def episode_from_batch(self, data) -> Episode:

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tfmaml import divergence as divergence_checks
 from tfmaml import inner_loop
 from tfmaml.batches import QUERY_X
 from tfmaml.batches import QUERY_Y
@@ -52,6 +53,7 @@ class TaskResults(NamedTuple):
     state: list[tf.Tensor]
     fast_weights: list[tf.Tensor] | None = None
     gradients: list[tf.Tensor] | None = None
+    diverged_at: tf.Tensor | None = None
 
 
 class InnerProblem(NamedTuple):
@@ -67,6 +69,8 @@ class InnerProblem(NamedTuple):
             `map_tasks`).
         recompute: Whether training recomputes inner steps in the
             backward pass (see `inner_loop.adaptation_trajectory`).
+        trained_steps: The inner steps the model was meta-trained with
+            (named in divergence errors), if known.
     """
 
     network: keras.layers.Layer
@@ -76,6 +80,7 @@ class InnerProblem(NamedTuple):
     loss: TaskLoss
     task_loop: str = "map"
     recompute: bool = False
+    trained_steps: int | None = None
 
 
 def solve_tasks(
@@ -90,6 +95,7 @@ def solve_tasks(
     loss_scale: Callable[[tf.Tensor], tf.Tensor] | None = None,
     with_fast_weights: bool = False,
     with_pre_predictions: bool = True,
+    divergence: str | None = "raise",
 ) -> TaskResults:
     """Adapts to every task of a meta-batch and predicts its queries.
 
@@ -122,13 +128,25 @@ def solve_tasks(
             Defaults to `False`.
         with_pre_predictions: Whether to predict the queries with the
             unadapted network too. Defaults to `True`.
+        divergence: Outside training (`training=False`), what to do if a
+            task's fast weights or predictions become NaN or infinite:
+            `"raise"` (the default; `tfmaml.divergence` names the first
+            such step), `"report"` (the results' `diverged_at`, per task)
+            or `None` (nothing). Training is never checked here.
 
     Returns:
         A `TaskResults`.
 
     Raises:
-        ValueError: If `gradients_of` is given without query labels.
+        ValueError: If `gradients_of` is given without query labels, or
+            `divergence` is unknown.
     """
+    if divergence not in ("raise", "report", None):
+        raise ValueError(
+            "`divergence` must be 'raise', 'report' or None. Received: "
+            f"divergence={divergence!r}"
+        )
+    divergence = None if training else divergence
     has_labels = episode.query_y is not None
     if gradients_of is not None and not has_labels:
         raise ValueError(
@@ -189,6 +207,10 @@ def solve_tasks(
             outputs["pre_predictions"] = tf.stop_gradient(pre_predictions)
         if with_fast_weights:
             outputs["fast_weights"] = trajectory[-1]
+        if divergence:
+            outputs["diverged_at"] = divergence_checks.first_non_finite_step(
+                trajectory, predictions
+            )
         if has_labels:
             loss = penalty + problem.loss(task[QUERY_Y], predictions, weight)
             if step_weights is not None:
@@ -218,6 +240,8 @@ def solve_tasks(
     )
     if with_fast_weights:
         spec["fast_weights"] = _specs(problem.weights)
+    if divergence:
+        spec["diverged_at"] = tf.TensorSpec([], tf.int32)
     if gradients_of is not None:
         solve_task = differentiated_per_task(
             solve_task, gradients_of, loss_scale=loss_scale
@@ -227,6 +251,15 @@ def solve_tasks(
     gradients = outputs.get("gradients")
     if gradients is not None:
         gradients = [tf.reduce_sum(g, axis=0) for g in gradients]
+    if divergence == "raise":
+        check = divergence_checks.assert_no_divergence(
+            outputs["diverged_at"],
+            steps=steps,
+            trained_steps=problem.trained_steps,
+            optimizer=problem.optimizer,
+        )
+        with tf.control_dependencies([check]):
+            outputs = tf.nest.map_structure(tf.identity, outputs)
     return TaskResults(
         loss=outputs.get("loss"),
         predictions=outputs["predictions"],
@@ -235,6 +268,7 @@ def solve_tasks(
         state=outputs["state"],
         fast_weights=outputs.get("fast_weights"),
         gradients=gradients,
+        diverged_at=outputs.get("diverged_at"),
     )
 
 

@@ -14,7 +14,8 @@ Launch (needs the `rl` extra):
       --workdir=runs/cheetah_direction
   python -m tfmaml.evaluate --config=configs/cheetah_direction.py \
       --workdir=runs/cheetah_direction
-Variant: `smoke` (tiny, for tests).
+Variants: `smoke` (tiny, for tests); `pretrained` (inner_steps=0: one
+policy trained on all tasks, the paper's baseline).
 Expected (benchmarks/RESULTS.md): return after 1 step above the return
 before adaptation (the original's figures: -50.7 / 293.2 after 0 / 1).
 """
@@ -35,6 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if arg == "smoke":
         meta_rl.smoke(config)
+    elif arg == "pretrained":
+        config.name = "cheetah_direction_pretrained"
+        config.inner_steps = 0
     elif arg is not None:
-        raise meta_rl.unknown_variant("cheetah_direction.py", arg, ("smoke",))
+        raise meta_rl.unknown_variant(
+            "cheetah_direction.py", arg, ("smoke", "pretrained")
+        )
     return config

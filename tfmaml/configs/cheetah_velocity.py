@@ -8,7 +8,8 @@ horizon 200; the settings of `cheetah_direction.py` (the paper's, with
 Launch (needs the `rl` extra):
   python -m tfmaml.train --config=configs/cheetah_velocity.py \
       --workdir=runs/cheetah_velocity
-Variant: `smoke` (tiny, for tests).
+Variants: `smoke` (tiny, for tests); `pretrained` (inner_steps=0: one
+policy trained on all tasks, the paper's baseline).
 Anchors (the original's result files): -129.5 / -78.6 after 0 / 1 steps.
 """
 
@@ -28,6 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if arg == "smoke":
         meta_rl.smoke(config)
+    elif arg == "pretrained":
+        config.name = "cheetah_velocity_pretrained"
+        config.inner_steps = 0
     elif arg is not None:
-        raise meta_rl.unknown_variant("cheetah_velocity.py", arg, ("smoke",))
+        raise meta_rl.unknown_variant(
+            "cheetah_velocity.py", arg, ("smoke", "pretrained")
+        )
     return config

@@ -103,7 +103,7 @@ class EnvGroup(gym.Env):
         )
         self.assignment = (np.zeros((0, 1)), np.zeros((0,), np.int64))
         self._free: dict[Hashable, list[gym.Env]] = {}
-        self._active: list[gym.Env] = []
+        self._active: list[tuple[Hashable, gym.Env]] = []
         self._answer = {
             key: np.zeros(space.shape, space.dtype)
             for key, space in self.observation_space.items()
@@ -112,19 +112,18 @@ class EnvGroup(gym.Env):
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         tasks, seeds = self.assignment
-        for env in self._active:  # Back to the free lists.
-            self._free.setdefault(env._tfmaml_kind, []).append(env)
+        for kind, env in self._active:  # Back to the free lists.
+            self._free.setdefault(kind, []).append(env)
         self._active = []
         answer = {key: np.zeros_like(v) for key, v in self._answer.items()}
         for i, (task, env_seed) in enumerate(zip(tasks, seeds, strict=True)):
             kind = self.factory.kind(task)
             free = self._free.get(kind)
             env = free.pop() if free else self.factory.make(kind)
-            env._tfmaml_kind = kind
             self.factory.set_task(env, task)
             observation, _ = env.reset(seed=int(env_seed))
             answer["observations"][i] = observation
-            self._active.append(env)
+            self._active.append((kind, env))
         self._steps = 0
         self._answer = answer
         return answer, {}
@@ -136,7 +135,7 @@ class EnvGroup(gym.Env):
         answer["applied"][:] = 0.0
         answer["rewards"][:] = 0.0
         self._steps += 1
-        for i, env in enumerate(self._active):
+        for i, (_, env) in enumerate(self._active):
             if answer["terminated"][i]:
                 continue
             observation, reward, terminated, truncated, info = env.step(
@@ -157,10 +156,11 @@ class EnvGroup(gym.Env):
         return answer, 0.0, False, False, {}
 
     def close(self):
-        for env in self._active + [
-            env for free in self._free.values() for env in free
-        ]:
+        for _, env in self._active:
             env.close()
+        for free in self._free.values():
+            for env in free:
+                env.close()
 
 
 class EnvPool:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfmaml import divergence
 from tfmaml import inner_loop
 from tfmaml import tasks
 from tfmaml.rl import policies
@@ -248,7 +249,8 @@ class PolicyAdaptation:
     ) -> list[tf.Tensor]:
         """The policy's weights after `steps` inner steps on one task's
         episodes `[K, T, ...]` (all on these episodes: at serving time
-        there are no others). Defaults to `inner_steps` steps."""
+        there are no others). Defaults to `inner_steps` steps. Fails,
+        naming the step, if the weights become NaN or infinite."""
         steps = self.inner_steps if steps is None else steps
         observations = tf.convert_to_tensor(observations)
         rewards = tf.debugging.assert_all_finite(
@@ -261,13 +263,18 @@ class PolicyAdaptation:
             observations, tf.cast(actions, observations.dtype), rewards, masks
         )
         advantages = self._advantages(episodes)
-        fast = self._weights()
-        state = self.inner_optimizer.init(self._adapted_part(fast))
+        trajectory = [self._weights()]
+        state = self.inner_optimizer.init(self._adapted_part(trajectory[0]))
         for step in range(steps):
             fast, state = self._inner_step(
-                fast, state, episodes, advantages, step, first_order=True
+                trajectory[-1], state, episodes, advantages, step, True
             )
-        return fast
+            trajectory.append(fast)
+        return divergence.checked_last_weights(
+            trajectory,
+            trained_steps=self.inner_steps,
+            optimizer=self.inner_optimizer,
+        )
 
     def _weights(self):
         return [

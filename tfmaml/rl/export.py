@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfmaml.divergence import check_finite_input
 from tfmaml.rl import policies
 
 
@@ -39,13 +40,8 @@ def export_policy(
     obs, act = family.observation_size, family.action_size
     steps = model.inner_steps
 
-    def checked(name, tensor):
-        return tf.debugging.assert_all_finite(
-            tensor, f"{name} holds a NaN or infinite value"
-        )
-
     def act_fn(observations):
-        observations = checked("observations", observations)
+        observations = check_finite_input("observations", observations)
         outputs = model._outputs(model._weights(), tf.zeros([1, obs]))
         _, log_std = policies.split_outputs(outputs)
         return {
@@ -79,10 +75,10 @@ def export_policy(
             ),
         ]
         with tf.control_dependencies(checks):
-            observations = checked("observations", observations)
-            actions = checked("actions", actions)
-            rewards = checked("rewards", rewards)
-            query_observations = checked(
+            observations = check_finite_input("observations", observations)
+            actions = check_finite_input("actions", actions)
+            rewards = check_finite_input("rewards", rewards)
+            query_observations = check_finite_input(
                 "query_observations", query_observations
             )
         fast = model.adapted_weights(observations, actions, rewards)
