@@ -15,7 +15,8 @@ given by `--config`), prints:
 
 Usage:
   python benchmarks/rl_simulators.py --config=configs/cheetah_direction.py \
-      --workdir=runs/cheetah_direction [--timed_steps=5]
+      --workdir=runs/cheetah_direction [--timed_steps=5] [--rounds=3]
+  python benchmarks/rl_simulators.py --config=... --speed_only
 """
 
 import os
@@ -33,6 +34,8 @@ flags.DEFINE_string("workdir", None, "Where tfmaml.train wrote the run.")
 flags.DEFINE_integer("timed_steps", 5, "Meta-steps of the timed fit.")
 flags.DEFINE_integer("pool_steps", 100, "Steps of the pool speed test.")
 flags.DEFINE_string("workers", "1,2", "Worker counts to time.")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds of the speed tests.")
+flags.DEFINE_bool("speed_only", False, "Skip the curve and evaluation.")
 FLAGS = flags.FLAGS
 
 # The original code's result files (cbfinn/maml_rl; 40 tasks x 20
@@ -92,18 +95,57 @@ def pool_speed(family, count, steps, workers):
     return rate
 
 
+def _simulate(args):
+    """Steps one environment alone for `steps` random actions; steps/s."""
+    factory, task, steps, action_size = args
+    import numpy as np
+
+    env = factory.make(factory.kind(task))
+    factory.set_task(env, task)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (steps, action_size))
+    start = time.perf_counter()
+    for action in actions:
+        env.step(action)
+    return steps / (time.perf_counter() - start)
+
+
+def simulator_speed(family, workers, steps=3000):
+    """The hardware's ceiling: environment steps/s of `workers` processes
+    each stepping one environment alone (no pool, no TensorFlow)."""
+    import multiprocessing
+
+    import tensorflow as tf
+
+    task = family.sample_tasks(1, tf.constant([0, 1], tf.int64)).numpy()[0]
+    args = [(family.env_factory(), task, steps, family.action_size)] * workers
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return sum(pool.map(_simulate, args))
+
+
 def main(argv):
     del argv
+    from tfmaml import experiment
+
+    config = FLAGS.config
+    experiment.configure_runtime(config)
+    splits = experiment.build_splits(config)
+    if not FLAGS.speed_only:
+        if not FLAGS.workdir:
+            raise app.UsageError("--workdir is needed without --speed_only")
+        report_quality(config, splits)
+    report_speed(config, splits)
+
+
+def report_quality(config, splits):
+    """The learning curve and the returns after 0-3 inner steps."""
     import keras
-    import tensorflow as tf
 
     from tfmaml import experiment
     from tfmaml import rl
 
-    config = FLAGS.config
-    experiment.configure_runtime(config)
     model = keras.models.load_model(os.path.join(FLAGS.workdir, "model.keras"))
-    splits = experiment.build_splits(config)
     task_batch = next(iter(splits.test))[rl.task_families.TASKS]
     keras.utils.set_random_seed(config.seed + 1)
     models = {
@@ -114,6 +156,18 @@ def main(argv):
         name: experiment.evaluate_rl_returns(m, config, task_batch)
         for name, m in models.items()
     }
+    if config.task == "metaworld":
+        # Meta-World reports meta-training tasks too: fresh draws of them.
+        train_batch = next(
+            iter(
+                rl.task_batches(
+                    model.family, config.eval_tasks, seed=config.seed + 7
+                )
+            )
+        )[rl.task_families.TASKS]
+        results["MAML (tfmaml), meta-train tasks"] = (
+            experiment.evaluate_rl_returns(model, config, train_batch)
+        )
     for m in models.values():
         m.family.close()
 
@@ -159,10 +213,24 @@ def main(argv):
     if config.task == "metaworld":
         print(METAWORLD_ANCHORS)
 
+
+def report_speed(config, splits):
+    """Sampling speed with 1 and N processes, and meta-steps/s."""
+    import tensorflow as tf
+
+    from tfmaml import experiment
+    from tfmaml import rl
+
     family = experiment.build_family(config)
     count = config.meta_batch_size * config.num_trajectories
     workers = [int(w) for w in FLAGS.workers.split(",")]
-    rates = {w: pool_speed(family, count, FLAGS.pool_steps, w) for w in workers}
+    rates, alone = {}, {}
+    for _ in range(FLAGS.rounds):  # Interleaved: the host's load varies.
+        for w in workers:
+            rates.setdefault(w, []).append(
+                pool_speed(family, count, FLAGS.pool_steps, w)
+            )
+            alone.setdefault(w, []).append(simulator_speed(family, w))
     timed = experiment.build_model(config)
     train = iter(splits.train)
     timed.fit(splits.train.take(1), verbose=0)  # Traces.
@@ -182,18 +250,30 @@ def main(argv):
     meta_rate = FLAGS.timed_steps / (time.perf_counter() - start)
     timed.family.close()
     print(f"\n## Sampling speed ({count} environments: tasks x episodes)")
-    rows = [
-        [f"worker pool, {w} worker(s), random actions", f"{rate:,.0f}", ""]
-        for w, rate in rates.items()
-    ]
-    best = max(workers)
-    rows.append(
-        [
-            f"speed-up, {best} workers over 1",
-            f"{rates[best] / rates[min(workers)]:.2f}x",
-            "",
+    one, best = min(workers), max(workers)
+    rows = []
+    for name, measured in (
+        ("worker pool, random actions", rates),
+        ("simulator alone (one env per process)", alone),
+    ):
+        for w, values in measured.items():
+            rows.append(
+                [
+                    f"{name}, {w} process(es)",
+                    " / ".join(f"{v:,.0f}" for v in values),
+                    "",
+                ]
+            )
+        ratios = [
+            b / a for a, b in zip(measured[one], measured[best], strict=True)
         ]
-    )
+        rows.append(
+            [
+                f"{name}: speed-up, {best} over {one}",
+                " / ".join(f"{r:.2f}x" for r in ratios),
+                "",
+            ]
+        )
     rows.append(
         [
             "training rollout (policy in the loop), "
@@ -207,5 +287,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -4,6 +4,8 @@ pool keeps rows, tasks and termination straight and refuses answers to
 other requests, stale sampling weights fail loudly, and the half-cheetah
 and Meta-World families behave as their definitions say."""
 
+import pathlib
+
 import gymnasium as gym
 import keras
 import numpy as np
@@ -432,3 +434,64 @@ def test_cheetah_export_adapts_like_the_model_without_tfmaml(
         atol=1e-6,
     )
     model.family.close()
+
+
+@pytest.mark.slow
+def test_the_shipped_cheetah_policy_adapts_to_its_direction(
+    tmp_path, run_without_tfmaml
+):
+    # saved_models/cheetah_direction is what `python -m tfmaml.train
+    # --config=configs/cheetah_direction.py` exports. A client without
+    # tfmaml simulates Gymnasium's HalfCheetah v5 itself (the task's reward
+    # from its forward velocity) and adapts the policy to each direction.
+    import shutil
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    shutil.copytree(
+        repo / "saved_models" / "cheetah_direction", tmp_path / "saved"
+    )
+    result = run_without_tfmaml(
+        """
+        import gymnasium as gym
+        import numpy as np
+        import tensorflow as tf
+        served = tf.saved_model.load("saved")
+        rng = np.random.default_rng(0)
+        stddev = served.act(observations=np.zeros((1, 17), "float32"))[
+            "stddev"].numpy()
+        envs = [gym.make("HalfCheetah-v5", ctrl_cost_weight=0.05)
+                for _ in range(10)]
+
+        def episodes(mean_actions, direction):
+            obs = np.stack([e.reset(seed=i)[0] for i, e in enumerate(envs)])
+            o, a, r = [], [], []
+            for _ in range(200):
+                act = mean_actions(obs.astype("float32")) + stddev * (
+                    rng.normal(size=(len(envs), 6)))
+                o.append(obs)
+                a.append(act)
+                steps = [e.step(x) for e, x in zip(envs, act)]
+                obs = np.stack([s[0] for s in steps])
+                r.append([direction * s[4]["x_velocity"] + s[4]["reward_ctrl"]
+                          for s in steps])
+            return [np.stack(x, 1).astype("float32") for x in (o, a, r)]
+
+        for direction in (1.0, -1.0):
+            o, a, r = episodes(
+                lambda x: served.act(observations=x)["actions"].numpy(),
+                direction)
+
+            def adapted(x):
+                return served.adapt_and_act(
+                    observations=o, actions=a, rewards=r,
+                    query_observations=x)["actions"].numpy()
+
+            after = episodes(adapted, direction)[2]
+            print(direction, r.sum(1).mean(), after.sum(1).mean())
+        """
+    )
+    lines = [line.split() for line in result.stdout.splitlines()]
+    returns = {float(d): (float(b), float(a)) for d, b, a in lines}
+    # Each direction's return after one step beats the return before it.
+    for before, after in returns.values():
+        assert after > before + 50
