@@ -107,7 +107,8 @@ def _simulate(args):
     actions = rng.uniform(-1, 1, (steps, action_size))
     start = time.perf_counter()
     for action in actions:
-        env.step(action)
+        if any(env.step(action)[2:4]):  # Terminated or truncated.
+            env.reset()
     return steps / (time.perf_counter() - start)
 
 

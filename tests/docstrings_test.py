@@ -11,6 +11,7 @@ import pytest
     [
         "tfmaml.model",
         "tfmaml.networks",
+        "tfmaml.batch_norm",
         "tfmaml.data.sinusoid",
         "tfmaml.data.episodes",
     ],

@@ -8,6 +8,7 @@ import tfmaml
 
 # Each module may import only modules listed before it.
 ORDER = [
+    "tfmaml.console",
     "tfmaml.checks",
     "tfmaml.labels",
     "tfmaml.batches",
@@ -19,6 +20,7 @@ ORDER = [
     "tfmaml.inner_loop",
     "tfmaml.divergence",
     "tfmaml.adapted_variables",
+    "tfmaml.batch_norm",
     "tfmaml.networks",
     "tfmaml.tasks",
     "tfmaml.task_metrics",

@@ -18,13 +18,16 @@ from tfmaml.configs import sinusoid
 CONFIGS = pathlib.Path(sinusoid.__file__).parent
 
 
-def _run(module, *args, cwd):
+def _run(module, *args, cwd, native_logs=False):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if native_logs:  # As a user's shell has it: TensorFlow's default.
+        del env["TF_CPP_MIN_LOG_LEVEL"]
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env=env,
     )
 
 
@@ -60,9 +63,20 @@ def test_train_then_evaluate_with_the_default_config(tmp_path):
         "--workdir=run",
         "--fit_verbose=2",
         cwd=tmp_path,
+        native_logs=True,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     workdir = tmp_path / "run"
+    # The terminal shows the config, the epochs, the table and the paths;
+    # TensorFlow's and absl's lines went to the workdir's log.
+    assert trained.stdout.startswith("Config:\n")
+    assert f"Wrote the run to run (log: {os.path.join('run', 'log.txt')})" in (
+        trained.stdout
+    )
+    log = (workdir / "log.txt").read_text()
+    for noise in ("Assets written to", "Sharding callback", 'Model: "maml"'):
+        assert noise in log and noise not in trained.stderr + trained.stdout
+    assert not re.search(r"^[IWE]\d{4} ", trained.stderr, re.M)
     for name in (
         "model.keras",
         "evaluation.txt",

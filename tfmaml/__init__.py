@@ -1,5 +1,12 @@
 """tfmaml: gradient-based meta-learning (MAML and its family) for Keras."""
 
+from tfmaml import console
+
+# Before TensorFlow loads: `python -m tfmaml.train` (or `.evaluate`) keeps
+# native log lines off the terminal; any other import changes nothing.
+console.divert_native_stderr()
+
+# ruff: noqa: E402
 from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks

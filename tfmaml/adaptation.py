@@ -3,8 +3,9 @@
 The inner loop of `tfmaml.tasks` on one task's support set, first order
 (no second-order graph is kept) and in inference mode: the fast weights
 (`adapted_weights`, what the export runs in its graph), predictions with
-them (`predict_with_weights`), and a Keras copy of the network that holds
-them (`adapted_copy`, behind `MAML.adapt`).
+them (`predict_with_weights`), a Keras copy of the network that holds
+them (`adapted_copy`, behind `MAML.adapt`), and query predictions without
+a copy (`adapted_predictions`, behind `MAML.adapt_and_predict`).
 """
 
 from typing import Any
@@ -111,27 +112,95 @@ def adapted_copy(
     Raises:
         ValueError: If the support set's shapes do not fit the network.
     """
-    support_x = tf.convert_to_tensor(support_x)
-    support_y = tf.convert_to_tensor(support_y)
-    # Reuse the meta-batch checks on a batch of one task.
-    episode = batches.check_episode(
-        {
-            SUPPORT_X: support_x[None],
-            SUPPORT_Y: support_y[None],
-            QUERY_X: support_x[None],
-        },
-        support_y[None],
-        None,
+    support_x, support_y = _checked_support(
+        model, support_x, support_y, functions
     )
-    batches.check_label_rank(model.base_model, episode, model.label_kind)
     adapt = functions(
         ("adapt", steps),
         lambda: tf.function(
             lambda x, y: adapted_weights(model, x, y, steps),
             reduce_retracing=True,
+            jit_compile=False,  # The divergence message is a string op.
         ),
     )
     fast = adapt(support_x, support_y)
     return networks.clone_with_weights(
         model.base_model, fast, support_x, step=steps
     )
+
+
+def adapted_predictions(
+    model: Any,
+    support_x: Any,
+    support_y: Any,
+    query_x: Any,
+    steps: int,
+    *,
+    functions: Any,
+) -> tf.Tensor:
+    """Predictions for one task's queries after `steps` inner steps on its
+    support set: the inner loop and the query pass in one `tf.function`,
+    kept per step count and traced once per input signature, with no copy
+    of the network (what `MAML.adapt_and_predict` runs: adapting to one
+    user after another then costs the inner loop, not a model rebuild).
+
+    Args:
+        model: A compiled `tfmaml.MAML`.
+        support_x: One task's support inputs, `[S, ...]`.
+        support_y: Their labels.
+        query_x: Its queries, `[Q, ...]`.
+        steps: Inner steps.
+        functions: `cached_function(key, make)` (the model's).
+
+    Raises:
+        ValueError: If the shapes do not fit the network.
+        tf.errors.InvalidArgumentError: If adaptation diverges.
+    """
+    support_x, support_y = _checked_support(
+        model, support_x, support_y, functions
+    )
+    query_x = tf.convert_to_tensor(query_x, support_x.dtype)
+    if query_x.shape[1:] != support_x.shape[1:]:
+        raise ValueError(
+            "`query_x` must have the support set's example shape. Received: "
+            f"support_x.shape={support_x.shape}, query_x.shape={query_x.shape}"
+        )
+
+    def run(x, y, queries):
+        fast = adapted_weights(model, x, y, steps)
+        return predict_with_weights(model.base_model, fast, queries, steps)
+
+    function = functions(
+        ("adapt_and_predict", steps),
+        lambda: tf.function(run, reduce_retracing=True, jit_compile=False),
+    )
+    return function(support_x, support_y, query_x)
+
+
+def _checked_support(model, support_x, support_y, functions):
+    """`support_x` and `support_y` as tensors, refused with a `ValueError`
+    naming the shape that does not fit `model`'s network. The checks (a
+    symbolic pass of the network) run once per input signature: kept in
+    `functions` like the traces, so a repeated call costs no Python pass."""
+    support_x = tf.convert_to_tensor(support_x)
+    support_y = tf.convert_to_tensor(support_y)
+
+    def check():
+        # Reuse the meta-batch checks on a batch of one task.
+        episode = batches.check_episode(
+            {
+                SUPPORT_X: support_x[None],
+                SUPPORT_Y: support_y[None],
+                QUERY_X: support_x[None],
+            },
+            support_y[None],
+            None,
+        )
+        batches.check_label_rank(model.base_model, episode, model.label_kind)
+        return True
+
+    signature = tuple(
+        (tuple(t.shape), t.dtype.name) for t in (support_x, support_y)
+    )
+    functions(("checked support", signature), check)
+    return support_x, support_y

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from tfmaml import cli
+from tfmaml import console
 from tfmaml import experiment
 
 cli.define_flags()
@@ -42,6 +43,7 @@ def main(argv):
             f"No trained model at {path}: run `python -m tfmaml.train` with "
             "the same --config and --workdir first."
         )
+    console.log_to_workdir(workdir)
     experiment.configure_runtime(config)
     model = keras.models.load_model(path)
     splits = experiment.build_splits(config)

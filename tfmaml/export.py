@@ -60,7 +60,7 @@ def export_model(
         model,
         filepath,
         example_shape=None if spec is None else tuple(spec.shape[1:]),
-        dtype="float32" if spec is None else tf.as_dtype(spec.dtype).name,
+        dtype=None if spec is None else tf.as_dtype(spec.dtype).name,
         preprocessing=preprocessing,
         verbose=bool(verbose),
     )
@@ -71,7 +71,7 @@ def export_saved_model(
     filepath: str | os.PathLike,
     *,
     example_shape: Sequence[int] | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     preprocessing: keras.Model | None = None,
     verbose: bool = False,
 ) -> None:
@@ -87,8 +87,9 @@ def export_saved_model(
             to the base network's input shape, which Sequential and
             Functional networks know; needed for a subclassed network or
             with `preprocessing`.
-        dtype: The inputs' dtype. Defaults to `"float32"`; NumPy inputs of
-            another numeric dtype (e.g. uint8 images) are converted.
+        dtype: The inputs' dtype. Defaults to the base network's input
+            dtype (int32 token ids for an `Embedding`, float32 for most),
+            or float32 if it records none.
         preprocessing: A Keras model applied to served inputs (support and
             query) before the network, e.g. `tfmaml.data.preprocessing`:
             the export then takes data as the data set stores it.
@@ -110,17 +111,27 @@ def export_saved_model(
             "With `preprocessing`, pass `example_shape`: the shape of one "
             "example before preprocessing."
         )
-    example_shape = _example_shape(model.base_model, example_shape)
+    example_shape, dtype = _example_spec(model.base_model, example_shape, dtype)
     kind = model.label_kind
 
     def prepare(x):
         return x if preprocessing is None else preprocessing(x)
 
-    output_shape = model.base_model.compute_output_spec(
+    output_spec = model.base_model.compute_output_spec(
         prepare(keras.KerasTensor((None, *example_shape), dtype=dtype))
-    ).shape[1:]
+    )
+    output_shape = output_spec.shape[1:]
     label_shape = output_shape[:-1] if kind.sparse else output_shape
-    label_dtype = tf.int32 if kind.sparse else tf.as_dtype(dtype)
+    # Class indices are int32; values and one-hot vectors are compared
+    # with the network's outputs (float32 unless float64; never the
+    # inputs' dtype: token ids are int32).
+    label_dtype = (
+        tf.int32
+        if kind.sparse
+        else tf.float64
+        if output_spec.dtype == "float64"
+        else tf.float32
+    )
     steps = model.eval_inner_steps
 
     def outputs(predictions):
@@ -191,14 +202,20 @@ def export_saved_model(
     archive.write_out(os.fspath(filepath), verbose=verbose)
 
 
-def _example_shape(base_model, example_shape):
-    if example_shape is not None:
-        return tuple(example_shape)
+def _example_spec(base_model, example_shape, dtype):
+    """The shape of one served example and its dtype: those given, else
+    the base network's own input's."""
     inputs = getattr(base_model, "inputs", None)
-    if inputs and len(inputs) == 1:
-        return tuple(inputs[0].shape[1:])
-    raise ValueError(
-        f"The base network {base_model.name!r} does not record its input "
-        "shape (a subclassed model?): pass `example_shape`, the shape of "
-        "one input example."
-    )
+    recorded = inputs[0] if inputs and len(inputs) == 1 else None
+    if example_shape is None:
+        if recorded is None:
+            raise ValueError(
+                f"The base network {base_model.name!r} does not record one "
+                "input shape (a subclassed model?): pass `example_shape`, the "
+                "shape of one input example (`input_signature` to "
+                "`MAML.export`)."
+            )
+        example_shape = recorded.shape[1:]
+    if dtype is None:
+        dtype = "float32" if recorded is None else recorded.dtype
+    return tuple(example_shape), tf.as_dtype(dtype).name

@@ -6,7 +6,7 @@ a copy of the network's weights to every task's support set
 (`tfmaml.tasks.solve_tasks` over `tfmaml.inner_loop`) and differentiates the
 query loss of the adapted weights with respect to the initial weights. The
 base network's variables are only written by the optimizer: adaptation
-works on tensors passed through `Layer.stateless_call`.
+works on tensors in a `keras.StatelessScope` (`tasks.run_network`).
 """
 
 import os
@@ -413,16 +413,30 @@ class MAML(MetaLearner):
         """A copy of the base network with the fast weights after `steps`
         (default `eval_inner_steps`) inner steps on one task's support set
         `(support_x [S, ...], support_y [S, ...])`; this model's variables
-        are left unchanged. Raises `ValueError` if `steps` is negative or
-        the support set's shapes do not fit the network."""
-        steps = (
-            self.eval_inner_steps
-            if steps is None
-            else check_int("steps", steps, minimum=0)
-        )
-        self._check_compiled()
+        are left unchanged. Each call builds a new copy: to adapt to many
+        tasks in turn, `adapt_and_predict` costs only the inner loop.
+        Raises `ValueError` if `steps` is negative or the shapes do not
+        fit the network."""
+        steps = self._steps(steps)
         return adaptation.adapted_copy(
             self, support_x, support_y, steps, functions=self.cached_function
+        )
+
+    def adapt_and_predict(
+        self, support_x, support_y, query_x, steps: int | None = None
+    ) -> tf.Tensor:
+        """Predictions for `query_x [Q, ...]` after `steps` inner steps on
+        `(support_x, support_y)`, as `adapt(...)(query_x)` and the exported
+        signature of the same name, without a copy of the network: one
+        `tf.function` per step count (`tfmaml.adaptation`)."""
+        steps = self._steps(steps)
+        return adaptation.adapted_predictions(
+            self,
+            support_x,
+            support_y,
+            query_x,
+            steps,
+            functions=self.cached_function,
         )
 
     def adapted_weights(self, support_x, support_y, steps: int) -> list:
@@ -435,41 +449,14 @@ class MAML(MetaLearner):
             self.base_model, weights, x, steps
         )
 
-    def export(
-        self,
-        filepath: str | os.PathLike,
-        format: str = "tf_saved_model",
-        verbose: bool | None = None,
-        input_signature: tf.TensorSpec | None = None,
-        preprocessing: keras.Model | None = None,
-        **kwargs,
-    ) -> None:
-        """Exports a SavedModel that adapts itself at serving time.
-
-        Signatures: `serving_default` (the meta-learned network) and
-        `adapt_and_predict` (the inner loop in the graph, then query
-        predictions); see `tfmaml.export.export_saved_model`.
-
-        Args:
-            filepath: The SavedModel directory.
-            format: Only `"tf_saved_model"` (another raises `ValueError`).
-            verbose: Whether to print the signatures.
-            input_signature: Optional `tf.TensorSpec` of a batch of served
-                inputs, `[None, ...]`; needed for subclassed base networks
-                and with `preprocessing`.
-            preprocessing: Optional Keras model applied to served inputs
-                before the network (e.g. `tfmaml.data.preprocessing`).
-            **kwargs: Not supported; named in the error.
-        """
-        export.export_model(
-            self,
-            filepath,
-            format=format,
-            verbose=verbose,
-            input_signature=input_signature,
-            preprocessing=preprocessing,
-            **kwargs,
-        )
+    def export(self, filepath: str | os.PathLike, **kwargs) -> None:
+        """Exports a SavedModel that adapts itself at serving time, with
+        signatures `serving_default` (the meta-learned network) and
+        `adapt_and_predict` (the inner loop in the graph, then the query
+        predictions). Takes `keras.Model.export`'s `format`, `verbose` and
+        `input_signature`, and `preprocessing`: see
+        `tfmaml.export.export_model`, which names what it refuses."""
+        export.export_model(self, filepath, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -490,6 +477,12 @@ class MAML(MetaLearner):
         return tasks.multi_step_loss_weights(
             steps, self.optimizer.iterations, self.multi_step_loss_steps
         )
+
+    def _steps(self, steps):
+        self._check_compiled()
+        if steps is None:
+            return self.eval_inner_steps
+        return check_int("steps", steps, minimum=0)
 
     def _check_compiled(self):
         if not self.compiled:

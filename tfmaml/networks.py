@@ -1,21 +1,30 @@
-"""Base networks for meta-learning and the layers they need.
+"""Base networks for meta-learning, and a user's network made fit for it.
 
-`BatchNormalization` exists because Keras' own layer has a wrong second
-derivative: its variance comes from `tf.nn.moments`, which stops the gradient
-through the mean, and second-order MAML differentiates through that gradient
-(measured 4e-2 relative error against finite differences on Conv4). This
-layer computes the variance directly, and it always normalises with the
-statistics of the batch it is given, as the original MAML does.
+Builders of the papers' networks (`mlp`, `conv4`), the check of what
+`tfmaml.MAML` can meta-train (`check_base_network`), copies of a network
+with other weights (`clone_with_weights`) and with Keras' batch norm
+replaced by `BatchNormalization` (`exact_batch_norm`; the layer lives in
+`tfmaml.batch_norm` and is exported here too).
 """
 
 from collections.abc import Sequence
 
 import keras
-from keras import ops
 
-from tfmaml import inner_loop
 from tfmaml.adapted_variables import walk_layers
-from tfmaml.checks import check_int
+from tfmaml.batch_norm import BatchNormalization
+
+__all__ = [
+    "BatchNormalization",
+    "WRONG_SECOND_DERIVATIVE",
+    "check_base_network",
+    "clone_with_weights",
+    "conv4",
+    "exact_batch_norm",
+    "finalize_state",
+    "mlp",
+    "step_norms",
+]
 
 # Keras layers whose second derivative is wrong (they compute the variance
 # with a stop-gradient through the mean).
@@ -23,313 +32,6 @@ WRONG_SECOND_DERIVATIVE = (
     keras.layers.BatchNormalization,
     keras.layers.GroupNormalization,
 )
-
-
-@keras.saving.register_keras_serializable(package="tfmaml")
-class BatchNormalization(keras.layers.Layer):
-    """Batch normalisation with batch statistics and an exact 2nd derivative.
-
-    A drop-in replacement for `keras.layers.BatchNormalization` in a base
-    network meta-trained by `tfmaml.MAML`. It differs from Keras' layer in
-    two ways:
-
-    - The variance is `mean((x - mean(x))**2)`, so gradients flow through
-      the mean everywhere and the meta-gradient of second-order MAML is
-      exact. (In float32 TensorFlow's fused kernel computes the same,
-      5x faster; its registered second derivative is exact too.)
-    - By default it keeps no moving statistics. In training and at
-      inference it normalises with the mean and variance of the batch at
-      hand (in MAML: the support set during adaptation, the query set for
-      predictions), like the original MAML code and PyTorch's
-      `track_running_stats=False`. Predictions therefore depend on the
-      whole batch: pass a task's queries together.
-
-    MAML++ (Antoniou et al. 2019) gives every inner step its own batch
-    norm: with `num_steps=N` the layer has `N + 1` rows of scale and offset
-    (meta-learned; row `k` is used after `k` inner steps, read from
-    `tfmaml.inner_loop.current_step()`; later steps use the last row) and
-    `N + 1` rows of moving mean and variance: in training, each call moves
-    the row it used towards the batch's statistics (with `momentum`), and
-    `tfmaml.MAML` keeps the meta-batch's mean of those updates. Outside an
-    inner loop the layer uses row `default_step` (a public attribute, 0
-    unless set; `MAML.adapt` sets it on the adapted copy it returns). With
-    `use_moving_statistics=True` inference (`training=False`: evaluation,
-    prediction, adaptation at test time) normalises with the moving
-    statistics of its step instead of the batch's.
-
-    Args:
-        axis: The feature axis. Defaults to `-1`.
-        epsilon: Added to the variance. Defaults to `1e-3` (as Keras).
-        center: Whether to learn an offset `beta`. Defaults to `True`.
-        scale: Whether to learn a scale `gamma`. Defaults to `True`.
-        beta_initializer: Defaults to `"zeros"`.
-        gamma_initializer: Defaults to `"ones"`.
-        beta_regularizer: Defaults to `None`.
-        gamma_regularizer: Defaults to `None`.
-        num_steps: Inner steps with their own parameters and statistics
-            (MAML++); `None` for one set. Defaults to `None`.
-        momentum: Of the per-step moving statistics. Defaults to `0.9`
-            (MAML++'s 0.1 in PyTorch's convention).
-        use_moving_statistics: Whether inference normalises with the
-            per-step moving statistics. Needs `num_steps`. Defaults to
-            `False`.
-        **kwargs: Base layer arguments (`name`, `dtype`, ...).
-
-    Example:
-
-    >>> net = keras.Sequential([
-    ...     keras.Input((8, 8, 1)),
-    ...     keras.layers.Conv2D(4, 3),
-    ...     BatchNormalization(),
-    ... ])
-    >>> tuple(net(ops.ones((2, 8, 8, 1))).shape)
-    (2, 6, 6, 4)
-    """
-
-    def __init__(
-        self,
-        axis: int = -1,
-        epsilon: float = 1e-3,
-        center: bool = True,
-        scale: bool = True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        num_steps: int | None = None,
-        momentum: float = 0.9,
-        use_moving_statistics: bool = False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if epsilon <= 0:
-            raise ValueError(
-                f"`epsilon` must be > 0. Received: epsilon={epsilon}"
-            )
-        if num_steps is not None:
-            check_int("num_steps", num_steps, minimum=0)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
-        if use_moving_statistics and num_steps is None:
-            raise ValueError(
-                "`use_moving_statistics=True` needs `num_steps`: moving "
-                "statistics are kept per inner step. Received: "
-                "num_steps=None"
-            )
-        self.axis = int(axis)
-        self.epsilon = float(epsilon)
-        self.center = center
-        self.scale = scale
-        self.beta_initializer = keras.initializers.get(beta_initializer)
-        self.gamma_initializer = keras.initializers.get(gamma_initializer)
-        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
-        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
-        self.num_steps = num_steps
-        self.momentum = float(momentum)
-        self.use_moving_statistics = use_moving_statistics
-        # The row used outside any inner loop (see the class docstring).
-        self.default_step = 0
-        self.supports_masking = True
-
-    def build(self, input_shape):
-        rank = len(input_shape)
-        axis = self.axis % rank if -rank <= self.axis < rank else None
-        if axis is None or axis == 0:
-            raise ValueError(
-                f"`axis` must name a feature axis of inputs of shape "
-                f"{tuple(input_shape)}. Received: axis={self.axis}"
-            )
-        self._feature_axis = axis
-        dim = input_shape[axis]
-        if dim is None:
-            raise ValueError(
-                f"The feature axis {axis} of inputs of shape "
-                f"{tuple(input_shape)} must have a known size."
-            )
-        shape = (dim,) if self.num_steps is None else (self.num_steps + 1, dim)
-        self.gamma = (
-            self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-            )
-            if self.scale
-            else None
-        )
-        self.beta = (
-            self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-            )
-            if self.center
-            else None
-        )
-        if self.num_steps is not None:
-            self.moving_mean = self.add_weight(
-                shape=shape,
-                name="moving_mean",
-                initializer="zeros",
-                trainable=False,
-            )
-            self.moving_variance = self.add_weight(
-                shape=shape,
-                name="moving_variance",
-                initializer="ones",
-                trainable=False,
-            )
-
-    def step_row(self) -> int | None:
-        """The row of per-step parameters in use, `None` without them."""
-        if self.num_steps is None:
-            return None
-        step = inner_loop.current_step()
-        step = self.default_step if step is None else step
-        return min(step, self.num_steps)
-
-    def call(self, inputs, training=None):
-        # Low-precision inputs are normalised in float32, as Keras does.
-        compute_dtype = (
-            "float32"
-            if keras.backend.standardize_dtype(inputs.dtype)
-            in ("float16", "bfloat16")
-            else keras.backend.standardize_dtype(inputs.dtype)
-        )
-        x = ops.cast(inputs, compute_dtype)
-        row = self.step_row()
-        scale = offset = None
-        if self.gamma is not None:
-            scale = ops.cast(self.gamma, compute_dtype)
-            scale = scale if row is None else scale[row]
-        if self.beta is not None:
-            offset = ops.cast(self.beta, compute_dtype)
-            offset = offset if row is None else offset[row]
-        if row is not None and self.use_moving_statistics and not training:
-            mean = ops.cast(self.moving_mean[row], compute_dtype)
-            variance = ops.cast(self.moving_variance[row], compute_dtype)
-            outputs = self._normalize(x, mean, variance, scale, offset)
-        elif compute_dtype == "float32" and keras.backend.backend() == (
-            "tensorflow"
-        ):
-            outputs, mean, variance = self._fused(x, scale, offset)
-        else:
-            outputs, mean, variance = self._composed(x, scale, offset)
-        if row is not None and training:
-            self._update_moving_row(row, mean, variance)
-        return ops.cast(outputs, inputs.dtype)
-
-    def _update_moving_row(self, row, mean, variance):
-        """Moves row `row` of the moving statistics towards the batch's.
-
-        Under `stateless_call` (how `tfmaml.MAML` runs the network) the
-        assignment only updates the returned state: the model threads it
-        through the inner steps, so each row moves once per task, with the
-        statistics of the pass that used it first, and the meta-batch's
-        mean is written back after the step.
-        """
-        for variable, batch in (
-            (self.moving_mean, mean),
-            (self.moving_variance, variance),
-        ):
-            value = ops.convert_to_tensor(variable)
-            batch = ops.cast(ops.stop_gradient(batch), value.dtype)
-            moved = self.momentum * value[row] + (1.0 - self.momentum) * batch
-            variable.assign(ops.slice_update(value, (row, 0), moved[None]))
-
-    def _fused(self, x, scale, offset):
-        """TensorFlow's fused kernel: one op forward and one backward,
-        about 5x faster than `_composed` on Conv4 activations; its
-        registered second derivative is exact (tests compare it with
-        `_composed` in float64). Float32 only. Returns the outputs and the
-        batch mean and (biased) variance."""
-        import tensorflow as tf
-
-        rank = len(x.shape)
-        channels = x.shape[self._feature_axis]
-        if self._feature_axis != rank - 1:
-            x = tf.experimental.numpy.moveaxis(x, self._feature_axis, -1)
-        moved_shape = tf.shape(x)
-        x4 = tf.reshape(x, [-1, 1, 1, channels])
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x4,
-            tf.ones([channels], x.dtype) if scale is None else scale,
-            tf.zeros([channels], x.dtype) if offset is None else offset,
-            epsilon=self.epsilon,
-            is_training=True,
-        )
-        # The kernel reports the unbiased variance (it normalises with the
-        # biased one).
-        count = tf.cast(tf.shape(x4)[0], x.dtype)
-        variance = variance * (count - 1.0) / count
-        outputs = tf.reshape(outputs, moved_shape)
-        if self._feature_axis != rank - 1:
-            outputs = tf.experimental.numpy.moveaxis(
-                outputs, -1, self._feature_axis
-            )
-        return outputs, mean, variance
-
-    def _composed(self, x, scale, offset):
-        """Batch normalisation from elementary ops, in any dtype."""
-        rank = len(x.shape)
-        reduce_axes = [a for a in range(rank) if a != self._feature_axis]
-        mean = ops.mean(x, axis=reduce_axes)
-        centered = x - self._broadcast(mean, rank)
-        variance = ops.mean(ops.square(centered), axis=reduce_axes)
-        outputs = centered * self._broadcast(
-            ops.rsqrt(variance + self.epsilon), rank
-        )
-        return self._scale_and_offset(outputs, scale, offset), mean, variance
-
-    def _normalize(self, x, mean, variance, scale, offset):
-        rank = len(x.shape)
-        outputs = (x - self._broadcast(mean, rank)) * self._broadcast(
-            ops.rsqrt(variance + self.epsilon), rank
-        )
-        return self._scale_and_offset(outputs, scale, offset)
-
-    def _scale_and_offset(self, outputs, scale, offset):
-        rank = len(outputs.shape)
-        if scale is not None:
-            outputs = outputs * self._broadcast(scale, rank)
-        if offset is not None:
-            outputs = outputs + self._broadcast(offset, rank)
-        return outputs
-
-    def _broadcast(self, vector, rank):
-        shape = [1] * rank
-        shape[self._feature_axis] = -1
-        return ops.reshape(vector, shape)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "axis": self.axis,
-            "epsilon": self.epsilon,
-            "center": self.center,
-            "scale": self.scale,
-            "beta_initializer": keras.initializers.serialize(
-                self.beta_initializer
-            ),
-            "gamma_initializer": keras.initializers.serialize(
-                self.gamma_initializer
-            ),
-            "beta_regularizer": keras.regularizers.serialize(
-                self.beta_regularizer
-            ),
-            "gamma_regularizer": keras.regularizers.serialize(
-                self.gamma_regularizer
-            ),
-            "num_steps": self.num_steps,
-            "momentum": self.momentum,
-            "use_moving_statistics": self.use_moving_statistics,
-        }
 
 
 def mlp(
@@ -444,9 +146,14 @@ def check_base_network(
                 f"'{layer.name}', whose second derivative Keras computes "
                 "wrongly (the variance stops the gradient through the mean)"
                 ", which would make the second-order meta-gradient wrong. "
-                "Use `tfmaml.networks.BatchNormalization` (or "
-                "`keras.layers.LayerNormalization`), or pass "
-                "`first_order=True`."
+                + (
+                    "Pass `tfmaml.networks.exact_batch_norm(base_model)`, a "
+                    "copy with tfmaml's layer in its place and the weights "
+                    "carried over, "
+                    if isinstance(layer, keras.layers.BatchNormalization)
+                    else "Use `keras.layers.LayerNormalization`, "
+                )
+                + "or pass `first_order=True`."
             )
 
 
@@ -505,4 +212,110 @@ def clone_with_weights(
         variable.assign(source)
     for layer in step_norms(clone):
         layer.default_step = step  # Outside any inner loop.
+    finalize_state(clone)
     return clone
+
+
+def finalize_state(network: keras.layers.Layer) -> None:
+    """Has the preprocessing layers of `network` re-read their variables.
+
+    `Normalization`, `Discretization` and the lookup layers compute the
+    tensors they use from their variables in `finalize_state`, as
+    `keras.models.load_model` calls it: after assigning those variables
+    (a copy, a conversion), skip it and the copy silently keeps the
+    statistics it was built with.
+
+    Args:
+        network: A Keras network.
+    """
+    for layer in walk_layers(network):
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
+
+
+def exact_batch_norm(network: keras.Model) -> keras.Model:
+    """A copy of `network` in which every `keras.layers.BatchNormalization`
+    is a `tfmaml.networks.BatchNormalization`, so that second-order MAML
+    can meta-train it (any `keras.applications` backbone, say).
+
+    The copy keeps the layers' names and every weight: each batch norm's
+    scale (`gamma`) and offset (`beta`) carry over, the other layers'
+    weights are copied as they are. The moving mean and variance are
+    dropped: tfmaml's layer always normalises with the statistics of the
+    batch at hand (the support set while adapting, the query set when
+    predicting), as the original MAML does, so a pretrained backbone's
+    running statistics no longer apply. Nested Functional and Sequential
+    models are converted too.
+
+    Args:
+        network: A built Functional or Sequential Keras model.
+
+    Returns:
+        The converted copy; `network` is left unchanged.
+
+    Raises:
+        ValueError: If `network` is subclassed (`clone_model` cannot
+            rebuild it), or a batch norm layer has a constraint, which
+            tfmaml's layer does not take (the layer is named).
+
+    Example:
+
+    >>> net = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(3),
+    ...     keras.layers.BatchNormalization(),
+    ... ])
+    >>> [type(layer).__module__ for layer in exact_batch_norm(net).layers]
+    ['keras.src.layers.core.dense', 'tfmaml.batch_norm']
+    """
+    if (
+        not isinstance(network, keras.Model)
+        or not network.built
+        or not (
+            isinstance(network, keras.Sequential)
+            or hasattr(network, "_operations")
+        )
+    ):
+        raise ValueError(
+            "`exact_batch_norm` converts built Functional or Sequential "
+            f"models. Received: {network!r} of type "
+            f"{type(network).__name__}; replace the batch norm layers of a "
+            "subclassed model with `tfmaml.networks.BatchNormalization`."
+        )
+
+    def convert(layer):
+        if isinstance(layer, keras.Model):
+            return exact_batch_norm(layer)
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            return layer.__class__.from_config(layer.get_config())
+        constrained = layer.beta_constraint or layer.gamma_constraint
+        if constrained:
+            raise ValueError(
+                f"Batch norm layer '{layer.name}' has a weight constraint, "
+                "which `tfmaml.networks.BatchNormalization` does not take."
+            )
+        return BatchNormalization(
+            axis=layer.axis,
+            epsilon=layer.epsilon,
+            center=layer.center,
+            scale=layer.scale,
+            beta_regularizer=layer.beta_regularizer,
+            gamma_regularizer=layer.gamma_regularizer,
+            name=layer.name,
+            dtype=layer.dtype_policy,
+        )
+
+    copy = keras.models.clone_model(network, clone_function=convert)
+    originals = {layer.name: layer for layer in network.layers}
+    for layer in copy.layers:
+        if isinstance(layer, keras.Model) or not layer.weights:
+            continue  # Converted, weights included, by the recursion.
+        source = originals[layer.name]
+        if isinstance(source, keras.layers.BatchNormalization):
+            for name in ("gamma", "beta"):
+                if getattr(source, name) is not None:
+                    getattr(layer, name).assign(getattr(source, name))
+        else:
+            layer.set_weights(source.get_weights())
+    finalize_state(copy)
+    return copy

@@ -8,7 +8,7 @@ benchmarks call it; the parts it is built from (`map_tasks`,
 `differentiated_per_task`, `run_network`) serve any other model that loops
 over tasks, such as the meta-RL model.
 
-The network runs through `Layer.stateless_call` on weight tensors, so no
+The network runs in a `keras.StatelessScope` on weight tensors, so no
 variable is written while tasks are solved. Its non-trainable state (batch
 norm statistics, seeds) is threaded through each task's passes in order
 (support step 0, 1, ..., then the query pass) and returned per task; the
@@ -60,7 +60,7 @@ class InnerProblem(NamedTuple):
     """What `solve_tasks` needs to know of a model.
 
     Attributes:
-        network: The base network, run with `stateless_call`.
+        network: The base network, run in a `keras.StatelessScope`.
         weights: Its trainable variables (or tensors), in order.
         optimizer: The inner update rule (`inner_loop.InnerOptimizer`).
         adapted: One flag per weight: whether the inner loop adapts it.
@@ -408,6 +408,13 @@ def run_network(
     """Runs `network` on `weights` and `state` without touching its
     variables.
 
+    The network is called as Keras calls it in `fit` (`network(x,
+    training=...)` inside a `keras.StatelessScope` that maps its variables
+    to the tensors given), not through `Layer.stateless_call`, which calls
+    `call` directly: that would pass `training` to a `call` without the
+    argument and leave nested layers (`Dropout`, masks) without Keras'
+    call context.
+
     Args:
         network: The network.
         weights: One tensor per trainable variable.
@@ -421,9 +428,18 @@ def run_network(
         non-trainable state, and the sum of the network's regularisation
         losses on those weights (0 without any).
     """
-    outputs, new_state, losses = network.stateless_call(
-        weights, state, x, training=training, return_losses=True
-    )
+    mapping = [
+        *zip(network.trainable_variables, weights, strict=True),
+        *zip(network.non_trainable_variables, state, strict=True),
+    ]
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as (
+        scope
+    ):
+        outputs = network(x, training=training)
+        losses = network.losses
+    new_state = [
+        scope.get_current_value(v) for v in network.non_trainable_variables
+    ]
     if outputs.dtype in (tf.float16, tf.bfloat16):
         outputs = tf.cast(outputs, tf.float32)
     penalty = tf.add_n(losses) if losses else 0.0

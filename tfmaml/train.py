@@ -5,7 +5,8 @@ Usage:
       [--config.field=value ...] [--workdir=DIR] [--export_dir=DIR]
 
 The workdir holds TensorBoard logs (`tensorboard/`), checkpoints
-(`checkpoints/latest.keras`, `checkpoints/best.keras`), the backup that lets a
+(`checkpoints/latest.keras`, `checkpoints/best.keras`), the log (`log.txt`:
+what the terminal does not show, see `tfmaml.console`), the backup that lets a
 killed run started again with the same command resume at the exact step it
 reached (`backup/`, every `config.backup_every` steps; see
 `tfmaml.training`), the final
@@ -21,6 +22,7 @@ from absl import flags
 from absl import logging
 
 from tfmaml import cli
+from tfmaml import console
 from tfmaml import experiment
 from tfmaml import training
 
@@ -45,7 +47,8 @@ def main(argv):
     workdir = cli.workdir(config)
     export_dir = FLAGS.export_dir or os.path.join("saved_models", config.name)
     os.makedirs(workdir, exist_ok=True)
-    logging.info("Config:\n%s", config)
+    log = console.log_to_workdir(workdir)
+    print(f"Config:\n{config}")
     with open(os.path.join(workdir, "config.txt"), "w") as f:
         f.write(str(config))
 
@@ -98,6 +101,7 @@ def main(argv):
 
     signatures = experiment.export_model(model, config, export_dir)
     print(f"Exported a SavedModel to {export_dir} (signatures {signatures})")
+    print(f"Wrote the run to {workdir}" + (f" (log: {log})" if log else ""))
 
 
 if __name__ == "__main__":

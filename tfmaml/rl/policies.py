@@ -2,9 +2,9 @@
 
 A policy network maps observations `[N, obs]` to `[N, 2 * actions]`: the
 mean action and the log standard deviation of a diagonal Gaussian. It is a
-plain Keras model, so tfmaml's inner loop adapts it through
-`stateless_call` like any base network; `split_outputs`, `log_prob`, `kl`
-and `sample` read its outputs.
+plain Keras model, so tfmaml's inner loop adapts it in a
+`keras.StatelessScope` like any base network; `split_outputs`,
+`log_prob`, `kl` and `sample` read its outputs.
 """
 
 import math
