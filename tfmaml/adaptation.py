@@ -112,8 +112,8 @@ def adapted_copy(
     Raises:
         ValueError: If the support set's shapes do not fit the network.
     """
-    support_x, support_y = _checked_support(
-        model, support_x, support_y, functions
+    support_x, support_y, _ = _checked_task(
+        model, support_x, support_y, None, functions
     )
     adapt = functions(
         ("adapt", steps),
@@ -156,15 +156,9 @@ def adapted_predictions(
         ValueError: If the shapes do not fit the network.
         tf.errors.InvalidArgumentError: If adaptation diverges.
     """
-    support_x, support_y = _checked_support(
-        model, support_x, support_y, functions
+    support_x, support_y, query_x = _checked_task(
+        model, support_x, support_y, query_x, functions
     )
-    query_x = tf.convert_to_tensor(query_x, support_x.dtype)
-    if query_x.shape[1:] != support_x.shape[1:]:
-        raise ValueError(
-            "`query_x` must have the support set's example shape. Received: "
-            f"support_x.shape={support_x.shape}, query_x.shape={query_x.shape}"
-        )
 
     def run(x, y, queries):
         fast = adapted_weights(model, x, y, steps)
@@ -177,30 +171,40 @@ def adapted_predictions(
     return function(support_x, support_y, query_x)
 
 
-def _checked_support(model, support_x, support_y, functions):
-    """`support_x` and `support_y` as tensors, refused with a `ValueError`
-    naming the shape that does not fit `model`'s network. The checks (a
-    symbolic pass of the network) run once per input signature: kept in
-    `functions` like the traces, so a repeated call costs no Python pass."""
-    support_x = tf.convert_to_tensor(support_x)
-    support_y = tf.convert_to_tensor(support_y)
+def _checked_task(model, support_x, support_y, query_x, functions):
+    """One task's inputs as tensors (nested as the network's inputs), refused
+    with a `ValueError` naming the input whose shape does not fit `model`'s
+    network. The checks (a symbolic pass of the network) run once per input
+    signature: kept in `functions` like the traces, so a repeated call
+    costs no Python pass."""
+
+    def tensors(inputs):
+        return keras.tree.map_structure(tf.convert_to_tensor, inputs)
+
+    support_x, support_y = tensors(support_x), tf.convert_to_tensor(support_y)
+    query_x = support_x if query_x is None else tensors(query_x)
 
     def check():
         # Reuse the meta-batch checks on a batch of one task.
+        def one_task(inputs):
+            return keras.tree.map_structure(lambda t: t[None], inputs)
+
         episode = batches.check_episode(
             {
-                SUPPORT_X: support_x[None],
+                SUPPORT_X: one_task(support_x),
                 SUPPORT_Y: support_y[None],
-                QUERY_X: support_x[None],
+                QUERY_X: one_task(query_x),
             },
-            support_y[None],
             None,
+            None,
+            require_labels=False,
         )
         batches.check_label_rank(model.base_model, episode, model.label_kind)
         return True
 
     signature = tuple(
-        (tuple(t.shape), t.dtype.name) for t in (support_x, support_y)
+        (tuple(t.shape), t.dtype.name)
+        for t in keras.tree.flatten((support_x, support_y, query_x))
     )
-    functions(("checked support", signature), check)
-    return support_x, support_y
+    functions(("checked task", signature), check)
+    return support_x, support_y, query_x

@@ -2,7 +2,9 @@
 
 A batch is a meta-batch of tasks: `x = {"support_x": [B, S, ...],
 "support_y": [B, S, ...], "query_x": [B, Q, ...]}`, `y = query_y [B, Q, ...]`
-and an optional `sample_weight [B, Q]`. Every module that builds or reads
+and an optional `sample_weight [B, Q]`. For a network with several inputs,
+`support_x` and `query_x` are nested as its inputs are (a dict of named
+inputs, each `[B, S, ...]`). Every module that builds or reads
 such batches (the data pipelines, the model, the export) takes the keys from
 here. The checks run on static shapes while the step is traced, so a bad
 batch fails before any computation, with an error that names the key and
@@ -10,6 +12,7 @@ the shapes received.
 """
 
 from collections.abc import Mapping
+from typing import Any
 from typing import NamedTuple
 
 import keras
@@ -74,7 +77,26 @@ def check_episode(
             "A MAML batch needs `y`, the query labels `[tasks, queries, ...]`"
             ". Received: y=None"
         )
-    tensors = {k: tf.convert_to_tensor(x[k]) for k in EPISODE_KEYS}
+    inputs = {
+        k: keras.tree.map_structure(tf.convert_to_tensor, x[k])
+        for k in (SUPPORT_X, QUERY_X)
+    }
+    try:
+        keras.tree.assert_same_structure(inputs[SUPPORT_X], inputs[QUERY_X])
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "`support_x` and `query_x` must hold the same inputs (the base "
+            "network's). Received: support_x="
+            f"{keras.tree.map_structure(lambda t: t.shape, inputs[SUPPORT_X])}"
+            ", query_x="
+            f"{keras.tree.map_structure(lambda t: t.shape, inputs[QUERY_X])}"
+        ) from error
+    # One entry per tensor: `support_x['ids']` for a network's named input.
+    tensors = {
+        **input_leaves(SUPPORT_X, inputs[SUPPORT_X]),
+        SUPPORT_Y: tf.convert_to_tensor(x[SUPPORT_Y]),
+        **input_leaves(QUERY_X, inputs[QUERY_X]),
+    }
     if y is not None:
         tensors[QUERY_Y] = tf.convert_to_tensor(y)
     if sample_weight is not None:
@@ -85,18 +107,21 @@ def check_episode(
                 f"`{key}` must have a task and an example axis, "
                 f"[tasks, examples, ...]. Received: {key}.shape={tensor.shape}"
             )
+    supports = list(input_leaves(SUPPORT_X, inputs[SUPPORT_X]))
+    queries = list(input_leaves(QUERY_X, inputs[QUERY_X]))
     _check_same_dim(tensors, list(tensors), axis=0, what="task count")
     _check_same_dim(
-        tensors, [SUPPORT_X, SUPPORT_Y], axis=1, what="support size"
+        tensors, [*supports, SUPPORT_Y], axis=1, what="support size"
     )
-    query_keys = [k for k in (QUERY_X, QUERY_Y, SAMPLE_WEIGHT) if k in tensors]
+    query_keys = queries + [k for k in (QUERY_Y, SAMPLE_WEIGHT) if k in tensors]
     _check_same_dim(tensors, query_keys, axis=1, what="query size")
-    if tensors[SUPPORT_X].shape[2:] != tensors[QUERY_X].shape[2:]:
-        raise ValueError(
-            "`support_x` and `query_x` must have the same example shape. "
-            f"Received: support_x.shape={tensors[SUPPORT_X].shape}, "
-            f"query_x.shape={tensors[QUERY_X].shape}"
-        )
+    for support, query in zip(supports, queries, strict=True):
+        if tensors[support].shape[2:] != tensors[query].shape[2:]:
+            raise ValueError(
+                f"`{support}` and `{query}` must have the same example "
+                f"shape. Received: {support}.shape={tensors[support].shape},"
+                f" {query}.shape={tensors[query].shape}"
+            )
     if QUERY_Y in tensors and (
         tensors[SUPPORT_Y].shape.rank != tensors[QUERY_Y].shape.rank
     ):
@@ -112,11 +137,39 @@ def check_episode(
             f"sample_weight.shape={tensors[SAMPLE_WEIGHT].shape}"
         )
     return Episode(
-        support_x=tensors[SUPPORT_X],
+        support_x=inputs[SUPPORT_X],
         support_y=tensors[SUPPORT_Y],
-        query_x=tensors[QUERY_X],
+        query_x=inputs[QUERY_X],
         query_y=tensors.get(QUERY_Y),
         sample_weight=tensors.get(SAMPLE_WEIGHT),
+    )
+
+
+def input_leaves(key: str, inputs: Any) -> dict[str, tf.Tensor]:
+    """The tensors of a network's (possibly nested) inputs by name:
+    `{key: inputs}` for one tensor, `{"support_x['ids']": ...}` for a dict
+    of named inputs, `{"support_x[0]": ...}` for a list.
+
+    Args:
+        key: The batch key (`"support_x"`).
+        inputs: A tensor, or a dict / list / tuple of them.
+    """
+    if not keras.tree.is_nested(inputs):
+        return {key: inputs}
+    return {
+        key + "".join(f"[{p!r}]" for p in path): tensor
+        for path, tensor in keras.tree.flatten_with_path(inputs)
+    }
+
+
+def example_spec(inputs: Any, leading: int = 1) -> Any:
+    """`keras.KerasTensor`s of `inputs` without its `leading` axes (one
+    example's shape, nested as `inputs`), to trace a network with."""
+    return keras.tree.map_structure(
+        lambda t: keras.KerasTensor(
+            t.shape[leading:], dtype=tf.as_dtype(t.dtype).name
+        ),
+        inputs,
     )
 
 
@@ -146,11 +199,7 @@ def check_label_rank(
     Raises:
         ValueError: Naming the labels, their shape and the rank needed.
     """
-    spec = base_model.compute_output_spec(
-        keras.KerasTensor(
-            episode.support_x.shape[1:], dtype=episode.support_x.dtype.name
-        )
-    )
+    spec = base_model.compute_output_spec(example_spec(episode.support_x))
     rank = len(spec.shape)
     allowed = {kind.label_rank(rank)}
     if not kind.sparse and spec.shape[-1] == 1:

@@ -11,6 +11,10 @@ The SavedModel holds only TensorFlow ops and the meta-learned variables, so
   the model's `eval_inner_steps` inner SGD steps on the support set, run
   inside the graph (plus `probabilities` for classification), and
   `inner_steps`, the number of steps taken.
+
+Inputs take the base network's dtypes and shapes. A network with several
+named inputs gets one signature argument per input: `support_x_<name>`,
+`query_x_<name>` (and `<name>` for `serving_default`).
 """
 
 import os
@@ -111,15 +115,13 @@ def export_saved_model(
             "With `preprocessing`, pass `example_shape`: the shape of one "
             "example before preprocessing."
         )
-    example_shape, dtype = _example_spec(model.base_model, example_shape, dtype)
+    served = _served_inputs(model.base_model, example_shape, dtype)
     kind = model.label_kind
 
     def prepare(x):
         return x if preprocessing is None else preprocessing(x)
 
-    output_spec = model.base_model.compute_output_spec(
-        prepare(keras.KerasTensor((None, *example_shape), dtype=dtype))
-    )
+    output_spec = model.base_model.compute_output_spec(prepare(served))
     output_shape = output_spec.shape[1:]
     label_shape = output_shape[:-1] if kind.sparse else output_shape
     # Class indices are int32; values and one-hot vectors are compared
@@ -144,22 +146,57 @@ def export_saved_model(
             result["probabilities"] = tf.identity(predictions)
         return result
 
-    def serve(x):
-        return outputs(model.base_model(prepare(x), training=False))
+    # One signature argument per input tensor: `x`, `support_x`, `query_x`
+    # for a network with one input; `ids`, `support_x_ids`, `query_x_ids`,
+    # ... for named inputs (signatures take flat, named tensors).
+    leaves = keras.tree.flatten(served)
 
-    def adapt_and_predict(support_x, support_y, query_x):
+    def specs(prefix):
+        names = _leaf_names(served, prefix)
+        return [
+            tf.TensorSpec(leaf.shape, tf.as_dtype(leaf.dtype), name)
+            for leaf, name in zip(leaves, names, strict=True)
+        ]
+
+    def nest(flat):
+        return keras.tree.pack_sequence_as(served, list(flat))
+
+    def serve(*x):
+        return outputs(model.base_model(prepare(nest(x)), training=False))
+
+    support_names = _leaf_names(served, "support_x")
+    query_names = _leaf_names(served, "query_x")
+
+    def adapt_and_predict(*args):
+        support_x = args[: len(leaves)]
+        support_y = args[len(leaves)]
+        query_x = args[len(leaves) + 1 :]
+        first = support_x[0]
         checks = [
             tf.debugging.assert_positive(
-                tf.shape(support_x)[0],
-                message="support_x needs at least one example",
+                tf.shape(first)[0],
+                message=f"{support_names[0]} needs at least one example",
             ),
             tf.debugging.assert_equal(
-                tf.shape(support_x)[0],
+                tf.shape(first)[0],
                 tf.shape(support_y)[0],
-                message="support_x and support_y need the same number of "
-                "examples (axis 0)",
+                message=f"{support_names[0]} and support_y need the same "
+                "number of examples (axis 0)",
             ),
         ]
+        for tensors, names in (
+            (support_x, support_names),
+            (query_x, query_names),
+        ):
+            checks += [
+                tf.debugging.assert_equal(
+                    tf.shape(t)[0],
+                    tf.shape(tensors[0])[0],
+                    message=f"{name} and {names[0]} need the same number "
+                    "of examples (axis 0)",
+                )
+                for t, name in zip(tensors[1:], names[1:], strict=True)
+            ]
         if kind.sparse:
             classes = output_shape[-1]
             checks += [
@@ -174,48 +211,73 @@ def export_saved_model(
                 ),
             ]
         with tf.control_dependencies(checks):
-            support_x = check_finite_input("support_x", support_x)
+            support_x = [
+                check_finite_input(name, t)
+                for name, t in zip(support_names, support_x, strict=True)
+            ]
         support_y = check_finite_input("support_y", support_y)
-        query_x = check_finite_input("query_x", query_x)
-        fast = model.adapted_weights(prepare(support_x), support_y, steps)
+        query_x = [
+            check_finite_input(name, t)
+            for name, t in zip(query_names, query_x, strict=True)
+        ]
+        fast = model.adapted_weights(prepare(nest(support_x)), support_y, steps)
         result = outputs(
-            model.predict_with_weights(fast, prepare(query_x), steps)
+            model.predict_with_weights(fast, prepare(nest(query_x)), steps)
         )
         result["inner_steps"] = tf.constant(steps, tf.int32)
         return result
 
-    x_spec = tf.TensorSpec((None, *example_shape), tf.as_dtype(dtype))
     archive = keras.export.ExportArchive()
     archive.track(model)
     if preprocessing is not None:
         archive.track(preprocessing)
-    archive.add_endpoint("serve", serve, input_signature=[x_spec])
+    archive.add_endpoint("serve", serve, input_signature=specs("x"))
     archive.add_endpoint(
         "adapt_and_predict",
         adapt_and_predict,
         input_signature=[
-            tf.TensorSpec((None, *example_shape), x_spec.dtype, "support_x"),
+            *specs("support_x"),
             tf.TensorSpec((None, *label_shape), label_dtype, "support_y"),
-            tf.TensorSpec((None, *example_shape), x_spec.dtype, "query_x"),
+            *specs("query_x"),
         ],
     )
     archive.write_out(os.fspath(filepath), verbose=verbose)
 
 
-def _example_spec(base_model, example_shape, dtype):
-    """The shape of one served example and its dtype: those given, else
-    the base network's own input's."""
-    inputs = getattr(base_model, "inputs", None)
-    recorded = inputs[0] if inputs and len(inputs) == 1 else None
-    if example_shape is None:
-        if recorded is None:
-            raise ValueError(
-                f"The base network {base_model.name!r} does not record one "
-                "input shape (a subclassed model?): pass `example_shape`, the "
-                "shape of one input example (`input_signature` to "
-                "`MAML.export`)."
-            )
-        example_shape = recorded.shape[1:]
-    if dtype is None:
-        dtype = "float32" if recorded is None else recorded.dtype
-    return tuple(example_shape), tf.as_dtype(dtype).name
+def _leaf_names(structure, prefix):
+    """Signature names of `structure`'s tensors: `prefix` for one tensor,
+    else `prefix_<input name>` (`x` alone is dropped: `ids`, not `x_ids`)."""
+    if not keras.tree.is_nested(structure):
+        return [prefix]
+    names = []
+    for path, _ in keras.tree.flatten_with_path(structure):
+        name = "_".join(str(p) for p in path)
+        names.append(name if prefix == "x" else f"{prefix}_{name}")
+    return names
+
+
+def _served_inputs(base_model, example_shape, dtype):
+    """`keras.KerasTensor`s of a served batch (`[None, ...]`), nested as
+    the base network's inputs: from `example_shape` and `dtype` if given,
+    else the network's own inputs (with `dtype` overriding a single
+    input's)."""
+    if example_shape is not None:
+        return keras.KerasTensor(
+            (None, *example_shape), dtype=tf.as_dtype(dtype or "float32").name
+        )
+    try:
+        structure = base_model.input  # Nested as the Functional's inputs.
+    except (AttributeError, ValueError):
+        inputs = getattr(base_model, "inputs", None)
+        structure = inputs[0] if inputs and len(inputs) == 1 else None
+    if structure is None:
+        raise ValueError(
+            f"The base network {base_model.name!r} does not record its "
+            "inputs (a subclassed model?): pass `example_shape`, the shape "
+            "of one input example (`input_signature` to `MAML.export`)."
+        )
+    if dtype is not None and not keras.tree.is_nested(structure):
+        return keras.KerasTensor(structure.shape, dtype=tf.as_dtype(dtype).name)
+    return keras.tree.map_structure(
+        lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), structure
+    )

@@ -31,6 +31,7 @@ from tfmaml.batches import SAMPLE_WEIGHT
 from tfmaml.batches import SUPPORT_X
 from tfmaml.batches import SUPPORT_Y
 from tfmaml.batches import Episode
+from tfmaml.batches import example_spec
 
 TASK_LOOPS = ("map", "vectorized", "unrolled")
 
@@ -383,16 +384,16 @@ def map_tasks(
             f"`task_loop` must be one of {list(TASK_LOOPS)}. "
             f"Received: task_loop={task_loop!r}"
         )
-    first = next(iter(elems.values()))
+    first = keras.tree.flatten(elems)[0]
     tasks = first.shape[0]
     if tasks is None:
         raise ValueError(
             "`task_loop='unrolled'` needs a static number of tasks per "
             "meta-batch (batch with `drop_remainder=True`). Received: "
-            f"{next(iter(elems))}.shape={first.shape}"
+            f"a task axis of shape {first.shape}"
         )
     outputs = [
-        fn({key: value[i] for key, value in elems.items()})
+        fn(keras.tree.map_structure(lambda t, i=i: t[i], elems))
         for i in range(tasks)
     ]
     return tf.nest.map_structure(lambda *t: tf.stack(t), *outputs)
@@ -457,9 +458,7 @@ def network_state(network: keras.layers.Layer) -> list[tf.Tensor]:
 
 def _output_signature(network, query_x, has_labels, with_pre_predictions):
     """The `fn_output_signature` of one task for `tf.map_fn`."""
-    spec = network.compute_output_spec(
-        keras.KerasTensor(query_x.shape[1:], dtype=query_x.dtype.name)
-    )
+    spec = network.compute_output_spec(example_spec(query_x))
     dtype = tf.as_dtype(spec.dtype)
     if dtype in (tf.float16, tf.bfloat16):
         dtype = tf.float32  # As `run_network` casts them.
