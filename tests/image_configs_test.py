@@ -93,15 +93,19 @@ def test_a_missing_cifar_archive_is_named(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "config",
+    "config, algorithm",
     [
-        "cifar_fs_5way_1shot",
-        "cifar_fs_5way_5shot",
-        "mini_imagenet_5way_1shot",
-        "mini_imagenet_5way_5shot",
+        ("cifar_fs_5way_1shot", "maml"),
+        ("cifar_fs_5way_5shot", "maml"),
+        ("mini_imagenet_5way_1shot", "maml"),
+        ("mini_imagenet_5way_5shot", "maml"),
+        ("cifar_fs_5way_1shot", "protonet"),
+        ("cifar_fs_5way_1shot", "proto_maml"),
     ],
 )
-def test_image_config_smoke_run_trains_evaluates_and_exports(config, tmp_path):
+def test_image_config_smoke_run_trains_evaluates_and_exports(
+    config, algorithm, tmp_path
+):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     if config.startswith("cifar"):
@@ -117,6 +121,7 @@ def test_image_config_smoke_run_trains_evaluates_and_exports(config, tmp_path):
             "tfmaml.train",
             f"--config={CONFIGS / config}.py:smoke",
             f"--config.data_dir={data_dir}",
+            f"--config.algorithm={algorithm}",
             # Three inner steps in the export and in `adapt`: with the
             # config's ten, float32 rounding of the two graphs grows to 6e-3
             # on some logits (seen on mini-ImageNet 5-shot).

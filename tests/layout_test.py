@@ -28,6 +28,7 @@ ORDER = [
     "tfmaml.export",
     "tfmaml.meta_learner",
     "tfmaml.model",
+    "tfmaml.prototypes",
     "tfmaml.algorithms",
     "tfmaml.rl.task_families",
     "tfmaml.rl.policies",

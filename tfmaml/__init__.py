@@ -20,6 +20,8 @@ from tfmaml.labels import LabelKind
 from tfmaml.meta_learner import MetaLearner
 from tfmaml.model import MAML
 from tfmaml.networks import BatchNormalization
+from tfmaml.prototypes import ProtoMAML
+from tfmaml.prototypes import ProtoNet
 from tfmaml.tasks import TaskResults
 
 __version__ = "0.1.0"
@@ -29,6 +31,8 @@ __all__ = [
     "MAML",
     "MetaLearner",
     "MetaSGD",
+    "ProtoMAML",
+    "ProtoNet",
     "Reptile",
     "BatchNormalization",
     "Episode",

@@ -44,6 +44,7 @@ def adapted_weights(
     """
     problem = model.inner_problem()
     state = tasks.network_state(problem.network)
+    weights = tasks.initial_weights(problem, support_x, support_y, state, False)
 
     def support_loss(weights, x, y):
         predictions, _, penalty = tasks.run_network(
@@ -53,7 +54,7 @@ def adapted_weights(
 
     trajectory = inner_loop.adaptation_trajectory(
         support_loss,
-        [tf.convert_to_tensor(w) for w in problem.weights],
+        weights,
         support_x,
         support_y,
         steps=steps,
@@ -161,8 +162,9 @@ def adapted_predictions(
     )
 
     def run(x, y, queries):
-        fast = adapted_weights(model, x, y, steps)
-        return predict_with_weights(model.base_model, fast, queries, steps)
+        # The model's methods: a ProtoNet's "weights" are its prototypes.
+        fast = model.adapted_weights(x, y, steps)
+        return model.predict_with_weights(fast, queries, steps)
 
     function = functions(
         ("adapt_and_predict", steps),

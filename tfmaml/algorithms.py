@@ -21,6 +21,8 @@ import tensorflow as tf
 from tfmaml.adapted_variables import head_layer_names
 from tfmaml.batches import Episode
 from tfmaml.model import MAML
+from tfmaml.prototypes import ProtoMAML
+from tfmaml.prototypes import ProtoNet
 from tfmaml.tasks import TaskResults
 
 
@@ -180,6 +182,8 @@ ALGORITHMS: dict[str, Recipe] = {
     "reptile": Recipe(Reptile, {}),
     "meta_sgd": Recipe(MetaSGD, {}),
     "anil": Recipe(ANIL, {}),
+    "protonet": Recipe(ProtoNet, {}),
+    "proto_maml": Recipe(ProtoMAML, {}),
 }
 
 

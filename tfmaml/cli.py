@@ -72,7 +72,10 @@ def evaluate_and_report(model, config, test, workdir) -> list:
         results = evaluation.evaluate_adaptation(
             model,
             test,
-            step_counts=tuple(config.eval_step_counts),
+            # A ProtoNet has no inner steps: its one row is "0 steps".
+            step_counts=(0,)
+            if config.algorithm == "protonet"
+            else tuple(config.eval_step_counts),
             num_tasks=config.eval_tasks,
         )
         table = evaluation.format_results(results)

@@ -12,9 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfmaml import batches
 from tfmaml import divergence
-from tfmaml import tasks
 from tfmaml.divergence import NO_DIVERGENCE
 from tfmaml.model import MAML
 
@@ -148,9 +146,7 @@ def _solver(model, steps):
     @tf.function(reduce_retracing=True)
     def solve(x, y):
         episode = model.episode_from_batch((x, y))
-        batches.check_label_rank(model.base_model, episode, model.label_kind)
-        results = tasks.solve_tasks(
-            model.inner_problem(),
+        results = model.solve_tasks(
             episode,
             steps=steps,
             first_order=True,

@@ -257,11 +257,15 @@ def raw_example_shape(config: ml_collections.ConfigDict) -> tuple | None:
     return None
 
 
-def build_network(config: ml_collections.ConfigDict) -> keras.Model:
+def build_network(
+    config: ml_collections.ConfigDict, head: bool = True
+) -> keras.Model:
     """Returns the config's base network, built.
 
     Args:
         config: The experiment config.
+        head: Whether Conv4 ends in its linear head (`False`: the
+            embedding a ProtoNet takes). Defaults to `True`.
 
     Raises:
         ValueError: If `config.network` is unknown.
@@ -270,7 +274,7 @@ def build_network(config: ml_collections.ConfigDict) -> keras.Model:
         channels = IMAGE_SOURCES[config.task].raw_shape[-1]
         return networks.conv4(
             (*config.image_size, channels),
-            config.num_ways,
+            config.num_ways if head else None,
             filters=config.filters,
             norm_steps=(
                 config.inner_steps if config.per_step_batch_norm else None
@@ -306,6 +310,14 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
             f"Unknown `algorithm` {config.algorithm!r}; known algorithms: "
             f"{sorted(algorithms.ALGORITHMS)}."
         )
+    if config.algorithm == "protonet":  # No inner loop, no head.
+        model = algorithms.build_algorithm(
+            "protonet",
+            build_network(config, head=False),
+            task_loop=config.task_loop,
+        )
+        compile_model(model, config)
+        return model
     network = build_network(config)
     options = {}
     if config.learn_inner_lr:

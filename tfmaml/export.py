@@ -17,6 +17,7 @@ named inputs gets one signature argument per input: `support_x_<name>`,
 `query_x_<name>` (and `<name>` for `serving_default`).
 """
 
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -124,6 +125,11 @@ def export_saved_model(
     output_spec = model.base_model.compute_output_spec(prepare(served))
     output_shape = output_spec.shape[1:]
     label_shape = output_shape[:-1] if kind.sparse else output_shape
+    # A ProtoNet's network is an embedding: any number of ways per request,
+    # one class index per example, and `serving_default` gives embeddings.
+    embeds = getattr(model, "serves_embeddings", False)
+    if embeds:
+        label_shape = ()
     # Class indices are int32; values and one-hot vectors are compared
     # with the network's outputs (float32 unless float64; never the
     # inputs' dtype: token ids are int32).
@@ -162,7 +168,8 @@ def export_saved_model(
         return keras.tree.pack_sequence_as(served, list(flat))
 
     def serve(*x):
-        return outputs(model.base_model(prepare(nest(x)), training=False))
+        served = model.base_model(prepare(nest(x)), training=False)
+        return {"embeddings": served} if embeds else outputs(served)
 
     support_names = _leaf_names(served, "support_x")
     query_names = _leaf_names(served, "query_x")
@@ -197,7 +204,7 @@ def export_saved_model(
                 )
                 for t, name in zip(tensors[1:], names[1:], strict=True)
             ]
-        if kind.sparse:
+        if kind.sparse and not embeds:
             classes = output_shape[-1]
             checks += [
                 tf.debugging.assert_non_negative(
@@ -231,17 +238,40 @@ def export_saved_model(
     archive.track(model)
     if preprocessing is not None:
         archive.track(preprocessing)
-    archive.add_endpoint("serve", serve, input_signature=specs("x"))
+    serve_specs = specs("x")
+    adapt_specs = [
+        *specs("support_x"),
+        tf.TensorSpec((None, *label_shape), label_dtype, "support_y"),
+        *specs("query_x"),
+    ]
+    archive.add_endpoint(
+        "serve", _named(serve, serve_specs), input_signature=serve_specs
+    )
     archive.add_endpoint(
         "adapt_and_predict",
-        adapt_and_predict,
-        input_signature=[
-            *specs("support_x"),
-            tf.TensorSpec((None, *label_shape), label_dtype, "support_y"),
-            *specs("query_x"),
-        ],
+        _named(adapt_and_predict, adapt_specs),
+        input_signature=adapt_specs,
     )
     archive.write_out(os.fspath(filepath), verbose=verbose)
+
+
+def _named(function, specs):
+    """`function(*tensors)`, callable with the specs' names as keywords
+    too (`served.adapt_and_predict(support_x=..., ...)`), as the
+    signatures are: `tf.function` binds arguments by this signature."""
+
+    def named(*tensors):
+        return function(*tensors)
+
+    named.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(
+                spec.name, inspect.Parameter.POSITIONAL_OR_KEYWORD
+            )
+            for spec in specs
+        ]
+    )
+    return named
 
 
 def _leaf_names(structure, prefix):

@@ -322,6 +322,7 @@ class MAML(MetaLearner):
         with_fast_weights: bool = False,
         gradients_of: Sequence[keras.Variable] | None = None,
         with_pre_predictions: bool = True,
+        divergence: str | None = "raise",
     ) -> TaskResults:
         """`tfmaml.tasks.solve_tasks` with this model's network, inner
         optimiser and loss (see there for the arguments); in training with
@@ -344,6 +345,7 @@ class MAML(MetaLearner):
             loss_scale=getattr(self.optimizer, "scale_loss", None),
             with_fast_weights=with_fast_weights,
             with_pre_predictions=with_pre_predictions,
+            divergence=divergence,
         )
 
     def inner_problem(self) -> tasks.InnerProblem:

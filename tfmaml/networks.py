@@ -66,7 +66,7 @@ def mlp(
 
 def conv4(
     input_shape: Sequence[int],
-    output_units: int,
+    output_units: int | None,
     *,
     filters: int = 64,
     norm_steps: int | None = None,
@@ -80,7 +80,8 @@ def conv4(
 
     Args:
         input_shape: The shape of one image, e.g. `(28, 28, 1)`.
-        output_units: The number of classes (`num_ways`).
+        output_units: The number of classes (`num_ways`), or `None` for
+            no head: the flattened features (a ProtoNet's embedding).
         filters: Filters per convolution. Defaults to `64`.
         norm_steps: MAML++'s per-step batch norm: the `num_steps` of every
             `BatchNormalization`. Defaults to `None` (one set).
@@ -97,10 +98,9 @@ def conv4(
             keras.layers.ReLU(name=f"relu_{i}"),
             keras.layers.MaxPooling2D(2, name=f"pool_{i}"),
         ]
-    layers += [
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(output_units, name="logits"),
-    ]
+    layers.append(keras.layers.Flatten(name="flatten"))
+    if output_units is not None:  # None: the embedding (ProtoNet's).
+        layers.append(keras.layers.Dense(output_units, name="logits"))
     return keras.Sequential(layers, name=name)
 
 

@@ -72,6 +72,10 @@ class InnerProblem(NamedTuple):
             backward pass (see `inner_loop.adaptation_trajectory`).
         trained_steps: The inner steps the model was meta-trained with
             (named in divergence errors), if known.
+        initialize: Optional `initialize(weights, support_x, support_y,
+            state, training) -> weights`: each task's starting weights,
+            from the initial ones and its support set (Proto-MAML's head
+            from the prototypes). Differentiated like the rest.
     """
 
     network: keras.layers.Layer
@@ -82,6 +86,33 @@ class InnerProblem(NamedTuple):
     task_loop: str = "map"
     recompute: bool = False
     trained_steps: int | None = None
+    initialize: Callable[..., list] | None = None
+
+
+def task_elements(episode: Episode) -> dict:
+    """The meta-batch as the dict `map_tasks` slices into tasks (query
+    labels and sample weights only when the batch has them)."""
+    elems = {
+        SUPPORT_X: episode.support_x,
+        SUPPORT_Y: episode.support_y,
+        QUERY_X: episode.query_x,
+    }
+    if episode.query_y is not None:
+        elems[QUERY_Y] = episode.query_y
+    if episode.sample_weight is not None:
+        elems[SAMPLE_WEIGHT] = episode.sample_weight
+    return elems
+
+
+def initial_weights(
+    problem: InnerProblem, support_x: Any, support_y: Any, state, training
+) -> list[tf.Tensor]:
+    """A task's starting weights: `problem.weights` as tensors, through
+    `problem.initialize` if it has one."""
+    weights = [tf.convert_to_tensor(w) for w in problem.weights]
+    if problem.initialize is None:
+        return weights
+    return problem.initialize(weights, support_x, support_y, state, training)
 
 
 def solve_tasks(
@@ -156,18 +187,12 @@ def solve_tasks(
         )
     network = problem.network
     state = network_state(network)
-    elems = {
-        SUPPORT_X: episode.support_x,
-        SUPPORT_Y: episode.support_y,
-        QUERY_X: episode.query_x,
-    }
-    if has_labels:
-        elems[QUERY_Y] = episode.query_y
-    if episode.sample_weight is not None:
-        elems[SAMPLE_WEIGHT] = episode.sample_weight
+    elems = task_elements(episode)
 
     def solve_task(task):
-        weights = [tf.convert_to_tensor(w) for w in problem.weights]
+        weights = initial_weights(
+            problem, task[SUPPORT_X], task[SUPPORT_Y], state, training
+        )
         # The state each pass starts from, by inner step: support step k
         # runs on `states[k]` and leaves `states[k + 1]`.
         states = {0: state}
@@ -405,6 +430,7 @@ def run_network(
     state: Sequence[tf.Tensor],
     x: Any,
     training: bool,
+    call: Callable[..., Any] | None = None,
 ) -> tuple[tf.Tensor, list[tf.Tensor], tf.Tensor]:
     """Runs `network` on `weights` and `state` without touching its
     variables.
@@ -422,6 +448,9 @@ def run_network(
         state: One tensor per non-trainable variable.
         x: The inputs.
         training: The `training` flag.
+        call: What to call instead of `network`: a part of it sharing its
+            variables (Proto-MAML's body up to the head). Defaults to
+            `network`.
 
     Returns:
         The outputs (cast to float32 from a mixed-precision float16 or
@@ -436,7 +465,7 @@ def run_network(
     with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as (
         scope
     ):
-        outputs = network(x, training=training)
+        outputs = (network if call is None else call)(x, training=training)
         losses = network.losses
     new_state = [
         scope.get_current_value(v) for v in network.non_trainable_variables

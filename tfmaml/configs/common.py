@@ -6,7 +6,10 @@ import ml_collections
 def add_algorithm_fields(config: ml_collections.ConfigDict) -> None:
     """Adds the algorithm choice and the MAML++ options, all off.
 
-    - `algorithm`: `maml`, `fomaml`, `reptile`, `meta_sgd` or `anil`.
+    - `algorithm`: `maml`, `fomaml`, `reptile`, `meta_sgd`, `anil`,
+      `protonet` (Conv4 without its head as the embedding; no inner loop,
+      evaluated after "0 steps") or `proto_maml` (the head starts at the
+      support prototypes).
     - `learn_inner_lr`: `""`, `"per_parameter"` or `"per_layer_per_step"`.
     - `inner_momentum`: `0.0` for plain SGD, else the inner momentum;
       `learn_inner_momentum` meta-learns it.

@@ -1,0 +1,293 @@
+"""ProtoNet and Proto-MAML: prototypes and logits as defined, the head
+initialisation's formula and meta-gradient, learning, bad input, and the
+round trips (`.keras`, SavedModel without tfmaml)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfmaml
+from tfmaml import prototypes
+from tfmaml.evaluation import evaluate_adaptation
+
+SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _embedding(dim=6, units=4):
+    return keras.Sequential(
+        [
+            keras.Input((dim,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(units),
+        ]
+    )
+
+
+def _clusters(rng, tasks, ways, shots, queries, dim=6, noise=3.0):
+    """Tasks whose classes differ in the first two input dimensions, drowned
+    in noise on the others: an embedding must learn to ignore the noise."""
+    x = {"support_x": [], "support_y": [], "query_x": []}
+    y = []
+    for _ in range(tasks):
+        centres = rng.normal(size=(ways, 2)) * 2.0
+        for key, count in (("support", shots), ("query", queries)):
+            labels = np.repeat(np.arange(ways), count)
+            points = rng.normal(size=(len(labels), dim)) * noise
+            points[:, :2] = centres[labels] + 0.3 * rng.normal(
+                size=(len(labels), 2)
+            )
+            x[f"{key}_x"].append(points.astype("float32"))
+            if key == "support":
+                x["support_y"].append(labels.astype("int32"))
+            else:
+                y.append(labels.astype("int32"))
+    return {k: np.stack(v) for k, v in x.items()}, np.stack(y)
+
+
+def _hand_logits(support, labels, queries, distance="squared_euclidean"):
+    ways = labels.max() + 1
+    centres = np.stack([support[labels == k].mean(0) for k in range(ways)])
+    if distance == "cosine":
+        q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        c = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        return q @ c.T, centres
+    return -((queries[:, None] - centres[None]) ** 2).sum(-1), centres
+
+
+@pytest.mark.parametrize("distance", prototypes.DISTANCES)
+def test_prototypes_and_logits_match_a_hand_computation(distance):
+    rng = np.random.default_rng(0)
+    support = rng.normal(size=(7, 3))
+    labels = np.array([0, 1, 2, 1, 0, 2, 2])
+    queries = rng.normal(size=(4, 3))
+    expected, centres = _hand_logits(support, labels, queries, distance)
+    found = prototypes.class_prototypes(
+        tf.constant(support), tf.constant(labels), 3
+    )
+    np.testing.assert_allclose(found, centres, rtol=1e-12)
+    logits = prototypes.prototype_logits(tf.constant(queries), found, distance)
+    np.testing.assert_allclose(logits, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_protonet_predicts_the_hand_computed_logits_for_any_ways():
+    model = tfmaml.ProtoNet(_embedding())
+    model.compile("adam", loss=SCE, metrics=["accuracy"])
+    rng = np.random.default_rng(1)
+    for ways, shots in ((3, 2), (5, 1)):
+        x, y = _clusters(rng, 2, ways, shots, 3)
+        predicted = model.predict(x, batch_size=2, verbose=0)
+        for task in range(2):
+            support = model.base_model(x["support_x"][task]).numpy()
+            queries = model.base_model(x["query_x"][task]).numpy()
+            expected, _ = _hand_logits(support, x["support_y"][task], queries)
+            np.testing.assert_allclose(
+                predicted[task], expected, rtol=1e-4, atol=1e-4
+            )
+        # One task, from its support set alone: the same logits.
+        np.testing.assert_allclose(
+            model.adapt_and_predict(
+                x["support_x"][0], x["support_y"][0], x["query_x"][0]
+            ),
+            predicted[0],
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+def test_protonet_learns_to_ignore_the_noise():
+    model = tfmaml.ProtoNet(_embedding())
+    model.compile(keras.optimizers.Adam(1e-2), loss=SCE, metrics=["accuracy"])
+    rng = np.random.default_rng(2)
+    test = _clusters(rng, 40, 5, 1, 5)
+    before = model.evaluate(*test, batch_size=8, verbose=0, return_dict=True)
+    train = _clusters(rng, 400, 5, 1, 5)
+    model.fit(*train, batch_size=8, epochs=3, verbose=0)
+    after = model.evaluate(*test, batch_size=8, verbose=0, return_dict=True)
+    assert after["accuracy"] > before["accuracy"] + 0.25, (before, after)
+    # The evaluation tool reports the same accuracy, with a CI.
+    [result] = evaluate_adaptation(
+        model,
+        tf.data.Dataset.from_tensor_slices(test).batch(8),
+        step_counts=(0,),
+    )
+    assert result.num_tasks == 40
+    np.testing.assert_allclose(result.accuracy, after["accuracy"], atol=1e-6)
+
+
+def test_bad_support_sets_are_named():
+    model = tfmaml.ProtoNet(_embedding())
+    model.compile("adam", loss=SCE)
+    x, y = _clusters(np.random.default_rng(3), 1, 3, 2, 2)
+    absent = x["support_y"][0].copy()
+    absent[absent == 1] = 2  # Class 1 has no support example.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="absent"):
+        model.adapt_and_predict(x["support_x"][0], absent, x["query_x"][0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same ways"):
+        model.evaluate(
+            x, y + 3 * (y == 2), batch_size=1, verbose=0
+        )  # A query class 5 the 3-way support set lacks.
+    with pytest.raises(ValueError, match="no inner loop, so no `inner_steps`"):
+        tfmaml.ProtoNet(_embedding(), inner_steps=1)
+    with pytest.raises(ValueError, match="distance"):
+        tfmaml.ProtoNet(_embedding(), distance="manhattan")
+    with pytest.raises(ValueError, match="sparse cross-entropy"):
+        tfmaml.ProtoNet(_embedding()).compile("adam", loss="mse")
+
+
+def _proto_maml(ways=3, **kwargs):
+    model = tfmaml.ProtoMAML(
+        keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(5, activation="tanh"),
+                keras.layers.Dense(ways, name="head"),
+            ]
+        ),
+        **{"inner_lr": 0.3, **kwargs},
+    )
+    model.compile(keras.optimizers.SGD(0.1), loss=SCE)
+    return model
+
+
+def test_proto_maml_initialises_the_head_from_the_prototypes():
+    model = _proto_maml()
+    x, _ = _clusters(np.random.default_rng(4), 1, 3, 2, 2)
+    support, labels = x["support_x"][0], x["support_y"][0]
+    problem = model.inner_problem()
+    weights = problem.initialize(
+        [tf.convert_to_tensor(w) for w in problem.weights],
+        tf.constant(support),
+        tf.constant(labels),
+        [],
+        False,
+    )
+    body = keras.Model(
+        model.base_model.inputs, model.base_model.layers[0].output
+    )
+    embeddings = body(support).numpy()
+    centres = np.stack([embeddings[labels == k].mean(0) for k in range(3)])
+    np.testing.assert_allclose(weights[2], 2 * centres.T, rtol=1e-5)
+    np.testing.assert_allclose(weights[3], -(centres**2).sum(1), rtol=1e-5)
+    # The body's weights are untouched; after 0 steps its logits rank the
+    # classes as ProtoNet's do (they differ by |f(x)|^2 per example).
+    for new, old in zip(weights[:2], problem.weights[:2], strict=True):
+        np.testing.assert_array_equal(new, old)
+    logits = model.adapt_and_predict(support, labels, support, steps=0)
+    distances, _ = _hand_logits(embeddings, labels, embeddings)
+    shift = (logits - distances).numpy()
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(3, 1), atol=1e-4)
+
+
+def test_proto_maml_meta_gradient_matches_finite_differences(float64):
+    model = _proto_maml()
+    x, y = _clusters(np.random.default_rng(5), 2, 3, 2, 2)
+    episode = tfmaml.Episode(
+        support_x=tf.constant(x["support_x"], tf.float64),
+        support_y=tf.constant(x["support_y"]),
+        query_x=tf.constant(x["query_x"], tf.float64),
+        query_y=tf.constant(y),
+        sample_weight=None,
+    )
+
+    def meta_loss():
+        results = model.solve_tasks(
+            episode, steps=2, first_order=False, training=True
+        )
+        return tf.reduce_mean(results.loss)
+
+    variables = model.base_model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = meta_loss()
+    analytic = [
+        np.zeros(v.shape) if g is None else g.numpy()
+        for v, g in zip(variables, tape.gradient(loss, variables), strict=True)
+    ]
+    numeric = []
+    for variable in variables:
+        original = variable.numpy().copy()
+        gradient = np.zeros_like(original)
+        for index in np.ndindex(original.shape):
+            values = []
+            for sign in (1.0, -1.0):
+                perturbed = original.copy()
+                perturbed[index] += sign * 1e-6
+                variable.assign(perturbed)
+                values.append(float(meta_loss()))
+            gradient[index] = (values[0] - values[1]) / 2e-6
+        variable.assign(original)
+        numeric.append(gradient)
+    flat = [np.concatenate([a.ravel() for a in g]) for g in (analytic, numeric)]
+    error = np.linalg.norm(flat[0] - flat[1]) / np.linalg.norm(flat[1])
+    assert error < 1e-6
+    # The head's own initial weights are replaced in every task.
+    np.testing.assert_allclose(analytic[2], 0.0, atol=1e-12)
+    np.testing.assert_allclose(analytic[3], 0.0, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["protonet", "proto_maml"])
+def test_keras_file_and_export_give_the_models_outputs(
+    kind, tmp_path, run_without_tfmaml
+):
+    model = (
+        tfmaml.ProtoNet(_embedding(), distance="cosine")
+        if kind == "protonet"
+        else _proto_maml(ways=3, eval_inner_steps=2)
+    )
+    model.compile(keras.optimizers.Adam(1e-2), loss=SCE)
+    rng = np.random.default_rng(6)
+    model.fit(*_clusters(rng, 8, 3, 2, 2), batch_size=4, verbose=0)
+    # ProtoNet serves any ways and shots; Proto-MAML its head's 3 ways.
+    shapes = [(3, 2), (5, 1)] if kind == "protonet" else [(3, 2), (3, 1)]
+    requests = []
+    for ways, shots in shapes:
+        x, _ = _clusters(rng, 1, ways, shots, 2)
+        task = {k: v[0] for k, v in x.items()}
+        task["expected"] = model.adapt_and_predict(
+            task["support_x"], task["support_y"], task["query_x"]
+        ).numpy()
+        requests.append(task)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert type(loaded) is type(model)
+    for task in requests:
+        np.testing.assert_allclose(
+            loaded.adapt_and_predict(
+                task["support_x"], task["support_y"], task["query_x"]
+            ),
+            task["expected"],
+            atol=1e-5,
+        )
+        np.testing.assert_allclose(
+            model.adapt(task["support_x"], task["support_y"])(task["query_x"]),
+            task["expected"],
+            atol=1e-5,
+        )
+    model.export(tmp_path / "saved")
+    for i, task in enumerate(requests):
+        np.savez(tmp_path / f"task{i}.npz", **task)
+    result = run_without_tfmaml(
+        f"""
+        import json
+        import numpy as np
+        import tensorflow as tf
+        served = tf.saved_model.load("saved")
+        for i in range({len(requests)}):
+            task = np.load(f"task{{i}}.npz")
+            out = served.adapt_and_predict(
+                support_x=task["support_x"],
+                support_y=task["support_y"],
+                query_x=task["query_x"],
+            )
+            print(json.dumps(out["predictions"].numpy().tolist()))
+        """
+    )
+    for line, task in zip(
+        result.stdout.splitlines()[-len(requests) :], requests, strict=True
+    ):
+        np.testing.assert_allclose(
+            np.array(json.loads(line)), task["expected"], atol=1e-5
+        )

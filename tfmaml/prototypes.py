@@ -1,0 +1,438 @@
+"""Prototypical networks and Proto-MAML: class prototypes from a support set.
+
+A task's prototype of class k is the mean embedding of its support examples
+of class k. `ProtoNet` (Snell et al. 2017) classifies queries by their
+distance to the prototypes, with no inner loop; any number of ways and
+shots per task. `ProtoMAML` (Triantafillou et al. 2020) initialises the
+linear head of a MAML network from the prototypes (kernel `2 c_k`, bias
+`-|c_k|^2`: the logits are then `-|f(x) - c_k|^2` up to a per-example
+constant, the same softmax) and runs MAML's inner loop from there; the
+initialisation is a hook of the one inner loop (`InnerProblem.initialize`),
+so training, evaluation, `adapt`, `adapt_and_predict` and the export all
+apply it, and the meta-gradient flows through the prototypes.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfmaml import tasks
+from tfmaml.adapted_variables import head_layer_names
+from tfmaml.adapted_variables import walk_layers
+from tfmaml.batches import QUERY_X
+from tfmaml.batches import QUERY_Y
+from tfmaml.batches import SAMPLE_WEIGHT
+from tfmaml.batches import SUPPORT_X
+from tfmaml.batches import SUPPORT_Y
+from tfmaml.batches import Episode
+from tfmaml.divergence import NO_DIVERGENCE
+from tfmaml.model import MAML
+
+DISTANCES = ("squared_euclidean", "cosine")
+# What a ProtoNet takes of MAML's options, and their only values.
+_NO_INNER_LOOP = {
+    "inner_lr": None,
+    "inner_steps": 0,
+    "eval_inner_steps": 0,
+    "inner_variables": None,
+    "learn_inner_lr": None,
+    "inner_momentum": None,
+    "learn_inner_momentum": False,
+    "first_order_steps": 0,
+    "multi_step_loss_steps": 0,
+    "recompute_inner_steps": False,
+}
+
+
+def class_prototypes(
+    embeddings: tf.Tensor, labels: tf.Tensor, ways: Any
+) -> tf.Tensor:
+    """The mean embedding of each class, `[ways, ...]`.
+
+    Args:
+        embeddings: `[S, ...]`, one per support example.
+        labels: `[S]` class indices in `[0, ways)`.
+        ways: The number of classes.
+
+    Raises:
+        tf.errors.InvalidArgumentError: If a class has no example (named
+            in the message), or a label is outside `[0, ways)`.
+    """
+    labels = tf.cast(labels, tf.int32)
+    counts = tf.math.unsorted_segment_sum(
+        tf.ones_like(labels, embeddings.dtype), labels, ways
+    )
+    checks = [
+        tf.debugging.assert_non_negative(
+            labels, message="support_y holds a negative class"
+        ),
+        tf.debugging.assert_less(
+            labels,
+            tf.cast(ways, tf.int32),
+            message="support_y holds a class >= the number of ways",
+        ),
+        tf.debugging.assert_positive(
+            counts,
+            message="A class is absent from the support set: every class "
+            "0..ways-1 needs at least one support example in support_y "
+            "(the counts per class)",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        sums = tf.math.unsorted_segment_sum(embeddings, labels, ways)
+    shape = tf.concat([[-1], tf.ones(tf.rank(sums) - 1, tf.int32)], 0)
+    return sums / tf.reshape(counts, shape)
+
+
+def prototype_logits(
+    queries: tf.Tensor, prototypes: tf.Tensor, distance: str
+) -> tf.Tensor:
+    """`[Q, ways]` logits: minus the squared Euclidean distance of each
+    query embedding to each prototype, or their cosine similarity."""
+    queries = tf.reshape(queries, [tf.shape(queries)[0], -1])
+    prototypes = tf.reshape(prototypes, [tf.shape(prototypes)[0], -1])
+    if distance == "cosine":
+        return tf.matmul(
+            tf.math.l2_normalize(queries, axis=-1),
+            tf.math.l2_normalize(prototypes, axis=-1),
+            transpose_b=True,
+        )
+    return -(
+        tf.reduce_sum(queries**2, -1, keepdims=True)
+        - 2.0 * tf.matmul(queries, prototypes, transpose_b=True)
+        + tf.reduce_sum(prototypes**2, -1)[None]
+    )
+
+
+def ways_in(support_y: tf.Tensor, query_y: tf.Tensor | None = None) -> Any:
+    """The number of classes of a task: one more than its largest support
+    label (labels are `0..ways-1`); query labels beyond it are refused."""
+    ways = tf.reduce_max(tf.cast(support_y, tf.int32)) + 1
+    if query_y is None:
+        return ways
+    check = tf.debugging.assert_less(
+        tf.cast(query_y, tf.int32),
+        ways,
+        message="The query labels name a class the support set does not "
+        "have: support and query need the same ways",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(ways)
+
+
+@keras.saving.register_keras_serializable(package="tfmaml")
+class PrototypeLogits(keras.layers.Layer):
+    """Logits of embeddings against fixed prototypes (what `ProtoNet.adapt`
+    puts on top of the embedding network).
+
+    Args:
+        prototypes: `[ways, dim]` class prototypes.
+        distance: `"squared_euclidean"` or `"cosine"`.
+        **kwargs: Base layer arguments.
+    """
+
+    def __init__(self, prototypes, distance="squared_euclidean", **kwargs):
+        super().__init__(**kwargs)
+        self.distance = _check_distance(distance)
+        self.prototypes = self.add_weight(
+            shape=tuple(keras.ops.shape(prototypes)),
+            initializer=keras.initializers.Constant(
+                keras.ops.convert_to_numpy(prototypes)
+            ),
+            trainable=False,
+            name="prototypes",
+        )
+
+    def call(self, embeddings):
+        return prototype_logits(
+            embeddings, tf.convert_to_tensor(self.prototypes), self.distance
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "prototypes": keras.ops.convert_to_numpy(self.prototypes).tolist(),
+            "distance": self.distance,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfmaml")
+class ProtoNet(MAML):
+    """Prototypical networks: classify by distance to class prototypes.
+
+    For each task the embedding network embeds the support set, each
+    class's mean embedding is its prototype, and a query's logits are minus
+    its squared Euclidean distance to each prototype (or, with
+    `distance="cosine"`, its cosine similarity). No inner loop: `fit`
+    trains the embedding through the query loss; `evaluate`, `predict`,
+    `adapt` (a Keras model: the embedding and a `PrototypeLogits` layer),
+    `adapt_and_predict` and the export's `adapt_and_predict` compute the
+    prototypes of the support set given, with any number of ways (the
+    largest label plus one) and shots. Compile with a sparse
+    cross-entropy `from_logits=True`.
+
+    Args:
+        base_model: The embedding network (e.g. Conv4 without its head).
+        distance: `"squared_euclidean"` (default) or `"cosine"`.
+        **kwargs: `MAML` options that do not concern an inner loop
+            (`task_loop`, `pre_metrics_in_training`, `name`); inner-loop
+            options are refused by name.
+
+    References:
+        Snell, Swersky and Zemel. Prototypical Networks for Few-shot
+        Learning. NeurIPS 2017.
+    """
+
+    def __init__(
+        self,
+        base_model: keras.layers.Layer,
+        distance: str = "squared_euclidean",
+        **kwargs,
+    ):
+        for key, value in _NO_INNER_LOOP.items():
+            given = kwargs.pop(key, value)
+            if given != value:
+                raise ValueError(
+                    f"ProtoNet has no inner loop, so no `{key}`. Received: "
+                    f"{key}={given!r}"
+                )
+        kwargs.pop("first_order", None)  # Nothing to differentiate twice.
+        super().__init__(base_model, inner_steps=0, first_order=True, **kwargs)
+        self.distance = _check_distance(distance)
+
+    def compile(self, optimizer="rmsprop", loss=None, **kwargs):
+        """`MAML.compile`; the loss must take class indices (a sparse
+        cross-entropy on logits), else `ValueError`."""
+        super().compile(optimizer, loss, **kwargs)
+        if not self.label_kind.sparse:
+            raise ValueError(
+                "ProtoNet classifies by class index: compile it with a "
+                "sparse cross-entropy (`from_logits=True`). Received: "
+                f"loss={loss!r}"
+            )
+
+    def solve_tasks(
+        self,
+        episode: Episode,
+        *,
+        steps: int,
+        first_order: Any,
+        training: bool,
+        with_fast_weights: bool = False,
+        gradients_of: Sequence[keras.Variable] | None = None,
+        with_pre_predictions: bool = True,
+        divergence: str | None = "raise",
+    ) -> tasks.TaskResults:
+        """Every task's query logits against its support prototypes (the
+        arguments are `MAML.solve_tasks`'; `steps` must be 0)."""
+        del first_order, divergence  # No inner loop to differentiate or check.
+        self._check_prototype_inputs(steps, with_fast_weights)
+        network = self.base_model
+        state = tasks.network_state(network)
+        has_labels = episode.query_y is not None
+        elems = tasks.task_elements(episode)
+
+        def solve_task(task):
+            weights = [
+                tf.convert_to_tensor(w) for w in network.trainable_variables
+            ]
+            support, state_after, _ = tasks.run_network(
+                network, weights, state, task[SUPPORT_X], training
+            )
+            queries, state_after, penalty = tasks.run_network(
+                network, weights, state_after, task[QUERY_X], training
+            )
+            ways = ways_in(task[SUPPORT_Y], task.get(QUERY_Y))
+            prototypes = class_prototypes(support, task[SUPPORT_Y], ways)
+            logits = prototype_logits(queries, prototypes, self.distance)
+            outputs = {"predictions": logits, "state": state_after}
+            if with_pre_predictions:
+                outputs["pre_predictions"] = tf.stop_gradient(logits)
+            if has_labels:
+                loss = penalty + self.compute_loss(
+                    y=task[QUERY_Y],
+                    y_pred=logits,
+                    sample_weight=task.get(SAMPLE_WEIGHT),
+                )
+                outputs["loss"] = loss
+                if with_pre_predictions:
+                    outputs["pre_loss"] = tf.stop_gradient(loss)
+            return outputs
+
+        prediction = tf.TensorSpec(None, tf.float32)
+        spec = {
+            "predictions": prediction,
+            "state": [
+                tf.TensorSpec(None, tf.as_dtype(v.dtype))
+                for v in network.non_trainable_variables
+            ],
+        }
+        if with_pre_predictions:
+            spec["pre_predictions"] = prediction
+        if has_labels:
+            spec["loss"] = tf.TensorSpec([], tf.float32)
+            if with_pre_predictions:
+                spec["pre_loss"] = tf.TensorSpec([], tf.float32)
+        if gradients_of is not None:
+            solve_task = tasks.differentiated_per_task(
+                solve_task,
+                gradients_of,
+                loss_scale=getattr(self.optimizer, "scale_loss", None),
+            )
+            spec["gradients"] = [
+                tf.TensorSpec(v.shape, tf.as_dtype(v.dtype))
+                for v in gradients_of
+            ]
+        outputs = tasks.map_tasks(
+            solve_task, elems, spec, task_loop=self.task_loop
+        )
+        gradients = outputs.get("gradients")
+        return tasks.TaskResults(
+            loss=outputs.get("loss"),
+            predictions=outputs["predictions"],
+            pre_loss=outputs.get("pre_loss"),
+            pre_predictions=outputs.get("pre_predictions"),
+            state=outputs["state"],
+            gradients=None
+            if gradients is None
+            else [tf.reduce_sum(g, axis=0) for g in gradients],
+            diverged_at=tf.fill(
+                tf.shape(outputs["predictions"])[:1], NO_DIVERGENCE
+            ),
+        )
+
+    def adapted_weights(self, support_x, support_y, steps: int) -> list:
+        """`[prototypes]` of one task's support set (what the export and
+        `adapt_and_predict` hand to `predict_with_weights`)."""
+        self._check_prototype_inputs(steps, False)
+        embeddings = self.base_model(support_x, training=False)
+        return [class_prototypes(embeddings, support_y, ways_in(support_y))]
+
+    def predict_with_weights(self, weights, x, steps: int = 0) -> tf.Tensor:
+        """Logits of `x` against the prototypes `weights[0]`."""
+        queries = self.base_model(x, training=False)
+        return prototype_logits(queries, weights[0], self.distance)
+
+    def adapt(self, support_x, support_y, steps=None) -> keras.Model:
+        """A Keras model classifying inputs against this support set's
+        prototypes: the embedding network, then `PrototypeLogits`."""
+        steps = self._steps(steps)
+        (prototypes,) = self.adapted_weights(
+            tf.convert_to_tensor(support_x), support_y, steps
+        )
+        inputs = keras.Input(tuple(tf.convert_to_tensor(support_x).shape[1:]))
+        logits = PrototypeLogits(prototypes, self.distance)(
+            self.base_model(inputs)
+        )
+        return keras.Model(inputs, logits)
+
+    # The export serves the embedding and takes any number of ways.
+    serves_embeddings = True
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        for key in (*_NO_INNER_LOOP, "first_order", "inner_optimizer"):
+            config.pop(key, None)
+        return {**config, "distance": self.distance}
+
+    def _check_prototype_inputs(self, steps, with_fast_weights):
+        self._check_compiled()
+        if steps != 0 or with_fast_weights:
+            raise ValueError(
+                "ProtoNet has no inner loop: steps must be 0 and there are "
+                f"no fast weights. Received: steps={steps}"
+            )
+
+
+@keras.saving.register_keras_serializable(package="tfmaml")
+class ProtoMAML(MAML):
+    """Proto-MAML: MAML whose linear head starts each task at the support
+    prototypes (kernel `2 c_k`, bias `-|c_k|^2`), then adapts as MAML does.
+
+    The head is the last layer with trainable weights (a `Dense` with one
+    unit per way, its input the embedding); its own initial weights are
+    replaced in every task, so only the body is meta-learned through it.
+    The meta-gradient flows through the prototypes (second order unless
+    `first_order=True`).
+
+    Args:
+        base_model: A built Functional or Sequential network ending in a
+            `Dense` head with `ways` units.
+        inner_lr: Defaults to `0.01`.
+        inner_steps: Defaults to `1`.
+        **kwargs: Other `MAML` options.
+
+    References:
+        Triantafillou et al. Meta-Dataset: A Dataset of Datasets for
+        Learning to Learn from Few Examples. ICLR 2020.
+    """
+
+    def __init__(
+        self,
+        base_model: keras.layers.Layer,
+        inner_lr: float | None = None,
+        inner_steps: int = 1,
+        **kwargs,
+    ):
+        super().__init__(base_model, inner_lr, inner_steps, **kwargs)
+        self._head = _dense_head(base_model)
+        self._body = keras.Model(base_model.inputs, self._head.input)
+        variables = base_model.trainable_variables
+        self._head_indices = [
+            next(i for i, v in enumerate(variables) if v is w)
+            for w in (self._head.kernel, self._head.bias)
+        ]
+
+    def inner_problem(self) -> tasks.InnerProblem:
+        """MAML's, with the head initialised from the support prototypes."""
+        return super().inner_problem()._replace(initialize=self._initialize)
+
+    def _initialize(self, weights, support_x, support_y, state, training):
+        """`weights` with the head set from the prototypes of the support
+        embeddings (computed with `weights`)."""
+        embeddings, _, _ = tasks.run_network(
+            self.base_model,
+            weights,
+            state,
+            support_x,
+            training,
+            call=self._body,
+        )
+        ways = self._head.units
+        prototypes = class_prototypes(embeddings, support_y, ways)
+        kernel, bias = self._head_indices
+        weights = list(weights)
+        weights[kernel] = tf.transpose(2.0 * prototypes)
+        weights[bias] = -tf.reduce_sum(prototypes**2, axis=-1)
+        return weights
+
+
+def _dense_head(network):
+    [name] = head_layer_names(network)
+    head = next(layer for layer in walk_layers(network) if layer.name == name)
+    if not isinstance(head, keras.layers.Dense) or not head.use_bias:
+        raise ValueError(
+            "ProtoMAML initialises a linear head with a bias from the "
+            f"prototypes; the last layer with weights, {name!r}, is a "
+            f"{type(head).__name__}"
+            + ("" if isinstance(head, keras.layers.Dense) else "")
+            + ". End the network with `keras.layers.Dense(ways)`."
+        )
+    if not getattr(network, "inputs", None):
+        raise ValueError(
+            "ProtoMAML reads the head's input from a Functional or "
+            f"Sequential network; {network.name!r} records no inputs (a "
+            "subclassed model?)."
+        )
+    return head
+
+
+def _check_distance(distance):
+    if distance not in DISTANCES:
+        raise ValueError(
+            f"`distance` must be one of {list(DISTANCES)}. Received: "
+            f"distance={distance!r}"
+        )
+    return distance
