@@ -74,7 +74,7 @@ def evaluate_and_report(model, config, test, workdir) -> list:
             test,
             # A ProtoNet has no inner steps: its one row is "0 steps".
             step_counts=(0,)
-            if config.algorithm == "protonet"
+            if config.get("algorithm") == "protonet"
             else tuple(config.eval_step_counts),
             num_tasks=config.eval_tasks,
         )
