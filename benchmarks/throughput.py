@@ -16,9 +16,28 @@ loop, as learn2learn does) on each workload in the same run and prints the
 ratio; it first checks that both frameworks give the same meta-loss and
 meta-gradient for the same weights and batch.
 
+`--isa=native,avx2` runs every row once per instruction-set level, in one
+run: `avx2` caps both frameworks' kernels at AVX2 on an AVX-512 machine
+(`ONEDNN_MAX_CPU_ISA=AVX2` for oneDNN, used by TensorFlow and PyTorch;
+`ATEN_CPU_CAPABILITY=avx2` for PyTorch's own kernels). Code compiled into
+TensorFlow itself (Eigen) runs as built whatever the cap.
+
+Every row also prints the FLOP rate its tasks/s stands for and its share
+of the machine's FP32 peak. FLOPs are counted once, analytically
+(`flops_per_task`): the four convolutions' multiply-adds (x2) for one image
+give F; a backward pass costs 2F, so a pass forward and back 3F, and
+differentiating an inner step's backward pass (second order) costs twice
+that step again: 9F per support image and inner step in second order, 3F
+in first order, 3F per query image. W1 is 270F = 5.3 GFLOP a task. The
+peak is cores x clock x FP32 FLOP per cycle per core (two FMA units of
+8 lanes, x2 for the multiply-add: 32 with AVX2; 64 with AVX-512 on Intel,
+32 on AMD, whose Zen 4 runs a 512-bit FMA as two 256-bit halves), read
+from /proc/cpuinfo (`--flop_per_cycle` overrides it).
+
 Usage:
   python benchmarks/throughput.py [--workloads=W1,W2,W3] [--variants=...]
-      [--compare-torch] [--torch_maps=loop] [--steps=6] [--warmup=2]
+      [--compare-torch] [--torch_maps=loop] [--isa=native,avx2]
+      [--steps=6] [--warmup=2]
 """
 
 import json
@@ -48,7 +67,8 @@ WORKLOADS = {
     ),
 }
 # One op per core and tasks side by side (`inter 2 x intra 1`) is the
-# fastest thread layout for the map loop on this 2-core CPU.
+# fastest thread layout for the map loop on this 2-core CPU, and what
+# importing tfmaml sets (tfmaml.runtime): "map" alone gets it too.
 ONE_THREAD_PER_OP = {"intra_op_threads": 1}
 VARIANTS = {
     "map": dict(task_loop="map"),
@@ -65,12 +85,24 @@ VARIANTS = {
     "map, 1 thread/op, recompute inner steps": dict(
         task_loop="map", recompute=True, **ONE_THREAD_PER_OP
     ),
+    # Before tfmaml set one thread per op at import (tfmaml.runtime).
+    "map, TensorFlow's thread default": dict(
+        task_loop="map", environment={"TFMAML_INTRA_OP_THREADS": "0"}
+    ),
+}
+# Environment that caps both frameworks' kernels at an instruction set.
+ISA_LIMITS = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
 }
 DEFAULT_VARIANTS = (
     "map",
-    "map, 1 thread/op",
+    "map, TensorFlow's thread default",
     "map, 1 thread/op, bfloat16",
-    "vectorized",
     "unrolled, 1 thread/op",
 )
 
@@ -83,10 +115,58 @@ flags.DEFINE_list(
 flags.DEFINE_bool("compare-torch", False, "Run the PyTorch reference too.")
 flags.DEFINE_string("torch_script", str(TORCH_SCRIPT), "torch_maml.py path.")
 flags.DEFINE_list("torch_maps", ["loop"], "torch_maml.py --map values.")
+flags.DEFINE_list("isa", ["native"], "Of " + str(list(ISA_LIMITS)))
+flags.DEFINE_integer(
+    "flop_per_cycle", 0, "FP32 FLOP per cycle per core (0: from the CPU)."
+)
 flags.DEFINE_integer("steps", 6, "Timed meta-steps per row.")
 flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first (tracing).")
 flags.DEFINE_string("child", None, "Internal: run one row (JSON).")
 FLAGS = flags.FLAGS
+
+
+def conv4_forward_flops(size=28, channels=1, filters=64):
+    """FLOPs of Conv4's four 3x3 "same" convolutions on one image (2 per
+    multiply-add; bias, batch norm, ReLU, pooling and the head are left
+    out: under 2% here)."""
+    flops = 0
+    for _ in range(4):
+        flops += 2 * size * size * filters * 9 * channels
+        size, channels = size // 2, filters
+    return flops
+
+
+def flops_per_task(workload):
+    """One task's FLOPs in a meta-step (see the module docstring)."""
+    support = workload["ways"]  # 1-shot.
+    query = workload["ways"] * workload["queries"]
+    per_support_step = 3 if workload["first_order"] else 9
+    return conv4_forward_flops() * (
+        per_support_step * support * workload["steps"] + 3 * query
+    )
+
+
+def machine_peak(isa):
+    """`(GFLOP/s, description)`: the FP32 peak of the cores this process
+    may use at instruction-set level `isa` (see the module docstring)."""
+    info = pathlib.Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    fields = dict(
+        (k.strip(), v.strip())
+        for k, _, v in (line.partition(":") for line in info.splitlines())
+    )
+    cpu_flags = fields.get("flags", "").split()
+    ghz = float(fields.get("cpu MHz", "nan")) / 1000
+    cores = len(os.sched_getaffinity(0))
+    avx512 = "avx512f" in cpu_flags and isa != "avx2"
+    per_cycle = FLAGS.flop_per_cycle or (
+        64 if avx512 and "AuthenticAMD" not in fields.get("vendor_id") else 32
+    )
+    level = "AVX-512" if avx512 else "AVX2" if "avx2" in cpu_flags else "?"
+    description = (
+        f"{fields.get('model name')}, {level}: {cores} cores x {ghz:.2f} GHz "
+        f"x {per_cycle} FLOP/cycle = {cores * ghz * per_cycle:.0f} GFLOP/s"
+    )
+    return cores * ghz * per_cycle, description
 
 
 def _batch(workload, seed=0):
@@ -355,15 +435,17 @@ def _torch_meta_loss(path):
     }
 
 
-def _spawn(arguments):
-    """Runs a child process; returns its stdout lines."""
-    result = subprocess.run(arguments, capture_output=True, text=True)
+def _spawn(arguments, isa="native", environment=None):
+    """Runs a child process with `isa`'s kernel cap (and `environment`);
+    returns its stdout lines."""
+    env = {**os.environ, **ISA_LIMITS[isa], **(environment or {})}
+    result = subprocess.run(arguments, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{arguments} failed:\n{result.stderr[-3000:]}")
     return result.stdout.strip().splitlines()
 
 
-def _torch_row(workload, mapping):
+def _torch_row(workload, mapping, isa):
     arguments = [
         sys.executable,
         FLAGS.torch_script,
@@ -389,13 +471,31 @@ def _torch_row(workload, mapping):
             "print(common.peak_rss_mib())",
             os.path.dirname(os.path.abspath(__file__)),
             *arguments[1:],
-        ]
+        ],
+        isa,
     )
     rate = float(lines[-2].split("tasks/s")[1].split()[0])
     return {
         "tasks_per_second": rate,
         "peak_rss_mib": float(lines[-1]),
     }
+
+
+def _row(isa, name, peak, implementation, result, ratio, seconds="", trace=""):
+    """A table row: the rate, and the FLOP rate it stands for."""
+    rate = result["tasks_per_second"]
+    gflops = rate * flops_per_task(WORKLOADS[name]) / 1e9
+    return (
+        isa,
+        name,
+        implementation,
+        seconds,
+        f"{rate:.1f}",
+        f"{gflops:.0f} ({100 * gflops / peak:.0f}%)",
+        trace,
+        f"{result['peak_rss_mib']:.0f}",
+        ratio,
+    )
 
 
 def main(argv):
@@ -410,6 +510,9 @@ def main(argv):
     unknown = [w for w in FLAGS.workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"Unknown --workloads {unknown}: use {WORKLOADS}")
+    unknown = [i for i in FLAGS.isa if i not in ISA_LIMITS]
+    if unknown:
+        raise ValueError(f"Unknown --isa {unknown}: use {list(ISA_LIMITS)}")
     variants = [
         list(VARIANTS)[int(v)] if v.isdigit() else v for v in FLAGS.variants
     ]
@@ -417,69 +520,76 @@ def main(argv):
     if unknown:
         raise ValueError(f"Unknown --variants {unknown}: use {list(VARIANTS)}")
     compare = FLAGS["compare-torch"].value
-    rows = []
-    for name in FLAGS.workloads:
-        workload = WORKLOADS[name]
-        torch_rates = {}
-        if compare:
-            _check_against_torch(name, workload)
-            for mapping in FLAGS.torch_maps:
-                result = _torch_row(workload, mapping)
-                torch_rates[mapping] = result["tasks_per_second"]
+    rows, peaks = [], {}
+    for isa in FLAGS.isa:
+        peak, peaks[isa] = machine_peak(isa)
+        for name in FLAGS.workloads:
+            workload = WORKLOADS[name]
+
+            torch_rates = {}
+            if compare:
+                if isa == FLAGS.isa[0]:
+                    _check_against_torch(name, workload)
+                for mapping in FLAGS.torch_maps:
+                    result = _torch_row(workload, mapping, isa)
+                    torch_rates[mapping] = result["tasks_per_second"]
+                    label = f"PyTorch torch_maml.py --map {mapping}"
+                    ratio = "1.00x" if mapping == "loop" else ""
+                    rows.append(_row(isa, name, peak, label, result, ratio))
+                    print(rows[-1], flush=True)
+            for variant in variants:
+                spec = {
+                    "workload": name,
+                    "variant": variant,
+                    "steps": FLAGS.steps,
+                    "warmup": FLAGS.warmup,
+                }
+                arguments = [
+                    sys.executable, __file__, "--child", json.dumps(spec)
+                ]  # fmt: skip
+                try:
+                    environment = VARIANTS[variant].get("environment")
+                    result = json.loads(_spawn(arguments, isa, environment)[-1])
+                except RuntimeError as error:
+                    print(f"{name} {variant}: failed: {error}", flush=True)
+                    continue
+                ratio = (
+                    f"{result['tasks_per_second'] / torch_rates['loop']:.2f}x"
+                    if "loop" in torch_rates
+                    else ""
+                )
                 rows.append(
-                    (
+                    _row(
+                        isa,
                         name,
-                        f"PyTorch torch_maml.py --map {mapping}",
-                        "",
-                        f"{result['tasks_per_second']:.1f}",
-                        "",
-                        f"{result['peak_rss_mib']:.0f}",
-                        "1.00x" if mapping == "loop" else "",
+                        peak,
+                        f"tfmaml {variant}",
+                        result,
+                        ratio,
+                        f"{result['seconds']:.3f}",
+                        f"{result['trace']:.0f}",
                     )
                 )
                 print(rows[-1], flush=True)
-        for variant in variants:
-            spec = {
-                "workload": name,
-                "variant": variant,
-                "steps": FLAGS.steps,
-                "warmup": FLAGS.warmup,
-            }
-            arguments = [sys.executable, __file__, "--child", json.dumps(spec)]
-            try:
-                result = json.loads(_spawn(arguments)[-1])
-            except RuntimeError as error:
-                print(f"{name} {variant}: failed: {error}", flush=True)
-                continue
-            ratio = (
-                f"{result['tasks_per_second'] / torch_rates['loop']:.2f}x"
-                if "loop" in torch_rates
-                else ""
-            )
-            rows.append(
-                (
-                    name,
-                    f"tfmaml {variant}",
-                    f"{result['seconds']:.3f}",
-                    f"{result['tasks_per_second']:.1f}",
-                    f"{result['trace']:.0f}",
-                    f"{result['peak_rss_mib']:.0f}",
-                    ratio,
-                )
-            )
-            print(rows[-1], flush=True)
     common.print_report(
         (
+            "ISA",
             "workload",
             "implementation",
             "s / meta-step (median)",
             "tasks/s",
+            "GFLOP/s (% of FP32 peak)",
             "first step (trace) s",
             "peak RSS MiB",
             "vs PyTorch loop",
         ),
         rows,
     )
+    for isa, description in peaks.items():
+        print(f"FP32 peak at {isa}: {description}")
+    for name in FLAGS.workloads:
+        gflop = flops_per_task(WORKLOADS[name]) / 1e9
+        print(f"{name}: {gflop:.2f} GFLOP per task")
 
 
 if __name__ == "__main__":

@@ -235,3 +235,85 @@ def test_index_batches_without_their_source_are_refused():
     model.compile("sgd", loss=keras.losses.SparseCategoricalCrossentropy())
     with pytest.raises(ValueError, match="gather_episodes_from"):
         model.fit(device.indices(), steps_per_epoch=1, verbose=0)
+
+
+def _grouped_source(rotations_square=3):
+    """Three groups: "a" with 5 classes, "b" with 4, "c" with 2; image `i`
+    is filled with `i` as in `_id_source`."""
+    groups = ["a"] * 5 + ["b"] * 4 + ["c"] * 2
+    ids = np.arange(len(groups) * PER_CLASS, dtype=np.float32)
+    images = np.broadcast_to(
+        ids[:, None, None, None],
+        (len(ids), rotations_square, rotations_square, 1),
+    )
+    classes = ids.astype(int) // PER_CLASS
+    return sources.from_arrays(
+        images.copy(),
+        classes,
+        metadata={"alphabet": np.array(groups)[classes]},
+        name="grouped",
+    ), np.array(groups)
+
+
+def test_within_group_episodes_draw_every_task_from_one_group():
+    source, group_of = _grouped_source()
+    assert data.grouped_classes(source, "alphabet", 4) == {
+        "a": (0, 1, 2, 3, 4),
+        "b": (5, 6, 7, 8),
+    }
+    dataset = data.episodes(
+        source, 4, 1, 2, 16, group_by="alphabet", seed=5, num_batches=8
+    )
+    seen = set()
+    for x, _ in dataset:
+        classes = _ids(x["support_x"]) // PER_CLASS  # [B, N]
+        for task in classes:
+            (group,) = set(group_of[task])  # One group per task...
+            assert group != "c"  # ...never one with too few classes...
+            assert len(set(task)) == 4  # ...and distinct classes.
+            seen.add(group)
+        # Queries are of the support's classes, label for label.
+        query = _ids(x["query_x"]).reshape(16, 4, 2) // PER_CLASS
+        np.testing.assert_array_equal(
+            query, np.repeat(classes[..., None], 2, 2)
+        )
+    assert seen == {"a", "b"}
+    again = next(
+        iter(data.episodes(source, 4, 1, 2, 16, group_by="alphabet", seed=5))
+    )
+    first = next(iter(dataset))
+    np.testing.assert_array_equal(again[0]["support_x"], first[0]["support_x"])
+
+
+def test_within_group_episodes_count_rotated_classes():
+    source, group_of = _grouped_source()
+    # With rotations, "c" has 2 x 4 = 8 classes: enough for 6 ways.
+    assert set(data.grouped_classes(source, "alphabet", 6, rotations=True)) == {
+        "a",
+        "b",
+        "c",
+    }
+    x, _ = next(
+        iter(
+            data.episodes(
+                source, 6, 1, 1, 32, rotations=True, group_by="alphabet"
+            )
+        )
+    )
+    for task in _ids(x["support_x"]) // PER_CLASS:
+        assert len(set(group_of[task])) == 1
+
+
+def test_within_group_errors_name_the_problem():
+    source, _ = _grouped_source()
+    with pytest.raises(ValueError, match=r"'script'.*fields: \['alphabet'\]"):
+        data.episodes(source, 4, 1, 1, 2, group_by="script")
+    with pytest.raises(ValueError, match=r"num_ways=6.*'a': 5, 'b': 4, 'c': 2"):
+        data.episodes(source, 6, 1, 1, 2, group_by="alphabet")
+    mixed = source._replace(
+        metadata={
+            "alphabet": np.where(np.arange(len(source.images)) == 3, "b", "a")
+        }
+    )
+    with pytest.raises(ValueError, match=r"Class '0'.*several 'alphabet'"):
+        data.grouped_classes(mixed, "alphabet", 2)

@@ -9,6 +9,7 @@ import tfmaml
 # Each module may import only modules listed before it.
 ORDER = [
     "tfmaml.console",
+    "tfmaml.runtime",
     "tfmaml.checks",
     "tfmaml.labels",
     "tfmaml.batches",
@@ -47,6 +48,7 @@ ORDER = [
     "tfmaml.rl",
     "tfmaml.training",
     "tfmaml.evaluation",
+    "tfmaml.image_tasks",
     "tfmaml.configs",
     "tfmaml.experiment",
     "tfmaml.plots",

@@ -147,11 +147,19 @@ def test_omniglot_smoke_run_exports_a_model_that_takes_raw_images(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     evaluated = _run("tfmaml.evaluate", *args[:-1], cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert re.search(
-        r"^\s+1 \|\s+8 \| [\d.]+ \+- [\d.]+ \| [\d.]+% \+-",
-        evaluated.stdout,
-        re.M,
+    # Two tables: random 5-way episodes, then 5 characters of one alphabet.
+    random_table, within_table = evaluated.stdout.split(
+        "Within one alphabet (Japanese_(katakana), Sanskrit, Tagalog):"
     )
+    assert "Random 5-way episodes:" in random_table
+    for table in (random_table, within_table):
+        assert re.search(
+            r"^\s+1 \|\s+8 \| [\d.]+ \+- [\d.]+ \| [\d.]+% \+-",
+            table,
+            re.M,
+        )
+    saved = (tmp_path / "run" / "evaluation.txt").read_text()
+    assert "Within one alphabet" in saved
 
     # The export takes images as Omniglot stores them: 105x105, ink dark on
     # white, uint8; it resizes and inverts them itself.

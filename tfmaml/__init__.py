@@ -7,6 +7,11 @@ from tfmaml import console
 console.divert_native_stderr()
 
 # ruff: noqa: E402
+from tfmaml import runtime
+
+# Before TensorFlow runs anything: one thread per op (tfmaml.runtime).
+runtime.set_default_threads()
+
 from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks

@@ -9,6 +9,7 @@ from ml_collections import config_flags
 from tfmaml import configs
 from tfmaml import evaluation
 from tfmaml import experiment
+from tfmaml import image_tasks
 from tfmaml import rl
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "sinusoid.py")
@@ -69,22 +70,38 @@ def evaluate_and_report(model, config, test, workdir) -> list:
         results = experiment.evaluate_rl_returns(model, config, task_batch)
         table = rl.format_returns(results)
     else:
-        results = evaluation.evaluate_adaptation(
-            model,
-            test,
-            # A ProtoNet has no inner steps: its one row is "0 steps".
-            step_counts=(0,)
-            if config.get("algorithm") == "protonet"
-            else tuple(config.eval_step_counts),
-            num_tasks=config.eval_tasks,
-        )
-        table = evaluation.format_results(results)
-        diverged = [r for r in results if r.diverged_at is not None]
-        if diverged:
-            table += "\n" + evaluation.divergence_advice(
-                model, diverged[0].steps, diverged[0].diverged_at
+        results, table = _evaluate_episodes(model, config, test)
+        grouped = image_tasks.grouped_test(config)
+        if grouped is not None:
+            stream, groups = grouped
+            table = (
+                f"Random {config.num_ways}-way episodes:\n{table}\n\n"
+                f"Within one {config.eval_group_by} "
+                f"({', '.join(groups)}):\n"
+                + _evaluate_episodes(model, config, stream)[1]
             )
     print(table)
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")
     return results
+
+
+def _evaluate_episodes(model, config, test):
+    """The results on `test` and their table, with the divergence advice
+    when a step count diverged."""
+    results = evaluation.evaluate_adaptation(
+        model,
+        test,
+        # A ProtoNet has no inner steps: its one row is "0 steps".
+        step_counts=(0,)
+        if config.get("algorithm") == "protonet"
+        else tuple(config.eval_step_counts),
+        num_tasks=config.eval_tasks,
+    )
+    table = evaluation.format_results(results)
+    diverged = [r for r in results if r.diverged_at is not None]
+    if diverged:
+        table += "\n" + evaluation.divergence_advice(
+            model, diverged[0].steps, diverged[0].diverged_at
+        )
+    return results, table

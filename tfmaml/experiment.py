@@ -3,12 +3,9 @@
 The one place that reads configs, shared by `tfmaml.train`,
 `tfmaml.evaluate` and the benchmarks, so they always agree on what a
 config means. A new data source is one loading function and one line in
-`IMAGE_SOURCES`; a new algorithm is one line in
+`tfmaml.image_tasks.IMAGE_SOURCES`; a new algorithm is one line in
 `tfmaml.algorithms.ALGORITHMS`.
 """
-
-from collections.abc import Callable
-from typing import NamedTuple
 
 import keras
 import ml_collections
@@ -16,66 +13,19 @@ import tensorflow as tf
 
 from tfmaml import algorithms
 from tfmaml import data
+from tfmaml import image_tasks
 from tfmaml import inner_loop
 from tfmaml import networks
 from tfmaml import rl
 from tfmaml.adapted_variables import names_without_normalization
 from tfmaml.data import Splits
+from tfmaml.data.streams import SPLIT_SEED_OFFSETS
+from tfmaml.image_tasks import IMAGE_SOURCES
 from tfmaml.model import MAML
 
-# Seeds of the three streams of tasks, offset from `config.seed` so that
-# training, validation and test tasks never coincide.
-_SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
-class ImageSource(NamedTuple):
-    """A few-shot image data set a config can name as its `task`.
-
-    Attributes:
-        load: `load(config)` returns its class `Splits` of raw images
-            (`ClassIndexedImages`).
-        raw_shape: The shape of one image as the data set stores it (what
-            the exported model takes).
-    """
-
-    load: Callable[[ml_collections.ConfigDict], Splits]
-    raw_shape: tuple[int, ...]
-
-
-def _omniglot(config):
-    if config.data_dir:
-        source = data.sources.omniglot_from_archives(config.data_dir)
-    else:
-        source = data.sources.omniglot_from_tfds()
-    return data.sources.omniglot_splits(
-        source, split=config.split, seed=config.seed + 1
-    )
-
-
-def _cifar_fs(config):
-    if config.data_dir:
-        return data.sources.cifar_fs_from_archive(config.data_dir)
-    return data.sources.cifar_fs_from_tfds()
-
-
-def _mini_imagenet(config):
-    if not config.data_dir:
-        raise ValueError(
-            "mini-ImageNet has no download: set `data_dir` to a directory "
-            "with images/ and the Ravi and Larochelle train.csv, val.csv "
-            "and test.csv. Received: data_dir=''"
-        )
-    return data.sources.mini_imagenet_splits(config.data_dir)
-
-
-IMAGE_SOURCES: dict[str, ImageSource] = {
-    "omniglot": ImageSource(_omniglot, data.sources.OMNIGLOT_IMAGE_SHAPE),
-    "cifar_fs": ImageSource(_cifar_fs, data.sources.CIFAR100_IMAGE_SHAPE),
-    "mini_imagenet": ImageSource(
-        _mini_imagenet, data.sources.MINI_IMAGENET_IMAGE_SHAPE
-    ),
-}
 TASKS = ("sinusoid", *IMAGE_SOURCES, *rl.FAMILIES)
 
 
@@ -195,7 +145,7 @@ def build_splits(
         ValueError: If `config.task` is unknown.
     """
     if config.task in IMAGE_SOURCES:
-        return _image_splits(config, train_start)
+        return image_tasks.image_splits(config, train_start)
     if is_rl(config):
         return _rl_splits(config, train_start)
     if config.task != "sinusoid":
@@ -206,7 +156,7 @@ def build_splits(
     def stream(split, **kwargs):
         return data.sinusoid(
             num_shots=config.num_shots,
-            seed=config.seed + _SPLIT_SEED_OFFSETS[split],
+            seed=config.seed + SPLIT_SEED_OFFSETS[split],
             **kwargs,
         )
 
@@ -243,7 +193,7 @@ def build_preprocessing(
     """
     if config.task not in IMAGE_SOURCES:
         return None
-    return data.preprocessing(tuple(config.image_size), invert=config.invert)
+    return image_tasks.preprocessing(config)
 
 
 def raw_example_shape(config: ml_collections.ConfigDict) -> tuple | None:
@@ -387,34 +337,6 @@ def _loss(value):
     return value
 
 
-def _image_splits(config, train_start):
-    classes = IMAGE_SOURCES[config.task].load(config)
-    preprocess = build_preprocessing(config)
-
-    def stream(split, **kwargs):
-        return data.episodes(
-            data.prepare(getattr(classes, split), preprocess),
-            config.num_ways,
-            config.num_shots,
-            kwargs.pop("num_queries", config.num_queries),
-            kwargs.pop("meta_batch_size", config.meta_batch_size),
-            seed=config.seed + _SPLIT_SEED_OFFSETS[split],
-            **kwargs,
-        )
-
-    eval_batch = min(config.meta_batch_size, config.eval_tasks)
-    return Splits(
-        train=stream("train", rotations=config.rotations, start=train_start),
-        validation=stream("validation", num_batches=config.validation_batches),
-        test=stream(
-            "test",
-            num_queries=config.eval_num_queries,
-            meta_batch_size=eval_batch,
-            num_batches=-(-config.eval_tasks // eval_batch),
-        ),
-    )
-
-
 def checkpoint_monitor(config: ml_collections.ConfigDict) -> tuple[str, str]:
     """The validation log that picks the best checkpoint, and its mode:
     the query loss (lower is better), or for meta-RL the adapted return.
@@ -510,7 +432,7 @@ def _rl_splits(config, train_start):
         return rl.task_batches(
             family,
             meta_batch_size,
-            seed=config.seed + _SPLIT_SEED_OFFSETS[split],
+            seed=config.seed + SPLIT_SEED_OFFSETS[split],
             **kwargs,
         )
 

@@ -43,9 +43,9 @@ def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
     - `backup_every`: optimizer steps between backups for exact resume
       (a multiple of `steps_per_execution`).
     - `intra_op_threads`, `inter_op_threads`: TensorFlow's thread pools
-      (0: TensorFlow's choice). With `task_loop="map"` on a CPU, one
-      thread per op lets tasks run side by side, one per core: 1.2x on
-      Conv4 on 2 cores (benchmarks/throughput.py).
+      (0: leave them as they are: importing tfmaml already set one thread
+      per op, which lets tasks run side by side, one per core; see
+      `tfmaml.runtime` and benchmarks/threads.py).
     - `precision`: `"float32"` or `"mixed_bfloat16"` (Keras mixed
       precision: bfloat16 compute, float32 weights and losses; 1.3x on
       Conv4 on a CPU with AVX512-BF16).

@@ -4,7 +4,7 @@ shares (Omniglot, CIFAR-FS, mini-ImageNet).
 Conv4 with batch norm (batch statistics) and max-pooling, Adam 1e-3 outside,
 SGD inside, `num_queries` query images per class, evaluation over 600 test
 tasks. `data_dir` holds the source's files as they are published (see each
-config); `task` names the source (`tfmaml.experiment.IMAGE_SOURCES`).
+config); `task` names the source (`tfmaml.image_tasks.IMAGE_SOURCES`).
 The `smoke` variant is a tiny run for tests.
 """
 
@@ -32,7 +32,7 @@ def few_shot_config(
     """The config of one few-shot image experiment.
 
     Args:
-        task: The source, a key of `tfmaml.experiment.IMAGE_SOURCES`.
+        task: The source, a key of `tfmaml.image_tasks.IMAGE_SOURCES`.
         name: The experiment's name (workdir and export folder).
         num_ways: Classes per task.
         num_shots: Support images per class.
@@ -93,12 +93,14 @@ def few_shot_config(
     config.steps_per_execution = 1
     config.validation_batches = 4
     config.jit_compile = False  # XLA's max-pool second derivative is wrong.
-    config.intra_op_threads = 1  # Tasks side by side: 1.2x on 2 cores.
 
     # Evaluation on test classes.
     config.eval_tasks = 600
     config.eval_num_queries = 15
     config.eval_step_counts = (0, 1, 3, 5, 10)
+    # A metadata field ("alphabet" for Omniglot): the evaluation also runs
+    # on episodes whose classes all share it. Empty: random episodes only.
+    config.eval_group_by = "alphabet" if task == "omniglot" else ""
 
     if arg == "smoke":
         config.filters = 8

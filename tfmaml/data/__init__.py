@@ -3,6 +3,7 @@
 from tfmaml.data import sources
 from tfmaml.data.episodes import DeviceEpisodes
 from tfmaml.data.episodes import episodes
+from tfmaml.data.episodes import grouped_classes
 from tfmaml.data.episodes import prepare
 from tfmaml.data.episodes import preprocessing
 from tfmaml.data.sinusoid import SinusoidTasks
@@ -17,6 +18,7 @@ __all__ = [
     "SinusoidTasks",
     "Splits",
     "episodes",
+    "grouped_classes",
     "prepare",
     "preprocessing",
     "sample_sinusoid_tasks",

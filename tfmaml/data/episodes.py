@@ -118,6 +118,7 @@ def episodes(
     *,
     seed: int = 0,
     rotations: bool = False,
+    group_by: str | None = None,
     num_batches: int | None = None,
     start: int = 0,
 ) -> tf.data.Dataset:
@@ -144,6 +145,13 @@ def episodes(
         seed: Seeds the stream. Defaults to `0`.
         rotations: Whether rotated classes are new classes (Omniglot
             practice). Defaults to `False`.
+        group_by: A metadata field of `source` (e.g. `"alphabet"`): each
+            task then draws all its classes from one group, picked
+            uniformly among the groups with at least `num_ways` classes
+            (Lake et al.'s within-alphabet one-shot runs; harder, since
+            characters of one alphabet look alike). `grouped_classes`
+            says which groups take part. Defaults to `None`: classes
+            from anywhere in the split.
         num_batches: Number of elements; `None` (the default) repeats
             forever.
         start: The index of the first element: a stream started at
@@ -156,7 +164,8 @@ def episodes(
     Raises:
         ValueError: If the split has fewer classes than `num_ways`, a class
             has fewer than `num_shots + num_queries` examples (the class is
-            named), or a count is not a positive int.
+            named), a count is not a positive int, or `group_by` is not a
+            field, splits a class, or leaves no group of `num_ways` classes.
 
     Example:
 
@@ -176,6 +185,7 @@ def episodes(
         meta_batch_size,
         seed=seed,
         rotations=rotations,
+        group_by=group_by,
     )
     images = tf.constant(sample.source.images)
     check_optional_int("num_batches", num_batches, minimum=1)
@@ -204,7 +214,7 @@ class DeviceEpisodes:
             both).
         device: Where the images live, e.g. `"/GPU:0"`. Defaults to the
             first GPU, else the CPU.
-        **episode_kwargs: `episodes`' `seed` and `rotations`.
+        **episode_kwargs: `episodes`' `seed`, `rotations` and `group_by`.
 
     Example:
 
@@ -312,6 +322,7 @@ def _index_sampler(
     *,
     seed=0,
     rotations=False,
+    group_by=None,
 ):
     """Validates the request and returns the stateless sampler of batch
     `index`'s `(rows [B, N, K+Q], turns [B, N])`."""
@@ -344,12 +355,36 @@ def _index_sampler(
     starts = tf.constant(source.class_starts, tf.int64)
     sizes = tf.constant(source.class_sizes, tf.int64)
     max_size = int(source.class_sizes.max())
+    if group_by is not None:
+        groups = grouped_classes(source, group_by, num_ways, rotations)
+        # The group of each (class, orientation), as an index into `groups`
+        # (-1: a group too small to take part).
+        class_group = np.full(source.num_classes, -1)
+        for g, members in enumerate(groups.values()):
+            class_group[list(members)] = g
+        class_group = tf.constant(np.repeat(class_group, orientations))
 
     def sample(index):
-        seeds = batch_seeds(seed, index, 2)
-        class_scores = tf.random.stateless_uniform(
-            [meta_batch_size, num_classes], seeds[0]
-        )
+        if group_by is None:
+            seeds = batch_seeds(seed, index, 2)
+            class_scores = tf.random.stateless_uniform(
+                [meta_batch_size, num_classes], seeds[0]
+            )
+        else:
+            seeds = batch_seeds(seed, index, 3)
+            group = tf.random.stateless_uniform(
+                [meta_batch_size, 1],
+                seeds[2],
+                maxval=len(groups),
+                dtype=tf.int64,
+            )
+            class_scores = tf.where(
+                class_group[None, :] == group,
+                tf.random.stateless_uniform(
+                    [meta_batch_size, num_classes], seeds[0]
+                ),
+                -1.0,  # Below every score in [0, 1): never picked.
+            )
         chosen = tf.math.top_k(class_scores, num_ways).indices
         chosen = tf.cast(chosen, tf.int64)
         base, turns = chosen // orientations, chosen % orientations
@@ -369,6 +404,59 @@ def _index_sampler(
         return rows, turns
 
     return _IndexSampler(source, sample, num_shots, rotations)
+
+
+def grouped_classes(
+    source, group_by: str, num_ways: int, rotations: bool = False
+) -> dict[str, tuple[int, ...]]:
+    """The groups that within-group episodes draw from: each group of
+    `source`'s `group_by` field with at least `num_ways` classes (counting
+    rotated classes with `rotations`), mapped to its class indices.
+
+    Args:
+        source: The split (anything `episodes` takes).
+        group_by: A metadata field, e.g. `"alphabet"`.
+        num_ways: Classes per task.
+        rotations: Whether rotated classes count as classes.
+
+    Raises:
+        ValueError: If `group_by` is not a field of `source` (the fields
+            are named), a class's examples disagree on it (the class is
+            named), or no group has `num_ways` classes (each group's count
+            is given).
+    """
+    source = _as_class_indexed(source)
+    if group_by not in source.metadata:
+        raise ValueError(
+            f"`group_by={group_by!r}` is not a field of split "
+            f"{source.name!r}; its fields: {sorted(source.metadata)}."
+        )
+    values = np.asarray(source.metadata[group_by])
+    members = {}
+    for c, (start, size) in enumerate(
+        zip(source.class_starts, source.class_sizes, strict=True)
+    ):
+        own = set(values[start : start + size].tolist())
+        if len(own) != 1:
+            raise ValueError(
+                f"Class {source.class_names[c]!r} of split {source.name!r} "
+                f"has examples in several {group_by!r} groups: "
+                f"{sorted(map(str, own))}."
+            )
+        members.setdefault(str(own.pop()), []).append(c)
+    orientations = 4 if rotations else 1
+    groups = {
+        name: tuple(classes)
+        for name, classes in sorted(members.items())
+        if len(classes) * orientations >= num_ways
+    }
+    if not groups:
+        counts = {n: len(c) * orientations for n, c in sorted(members.items())}
+        raise ValueError(
+            f"No {group_by!r} group of split {source.name!r} has "
+            f"num_ways={num_ways} classes; classes per group: {counts}."
+        )
+    return groups
 
 
 def _as_class_indexed(source):

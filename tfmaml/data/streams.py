@@ -9,6 +9,10 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+# Seeds of the three streams of tasks, offset from `config.seed` so that
+# training, validation and test tasks never coincide.
+SPLIT_SEED_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
+
 
 def indexed_stream(
     make_batch: Callable[[tf.Tensor], object],

@@ -1,0 +1,166 @@
+"""The few-shot image data sets a config can name, and their task streams.
+
+`IMAGE_SOURCES` maps a config's `task` to how its classes load; the streams
+(training, validation, test, and the test's within-group variant) are
+`tfmaml.data.episodes` over those classes, seeded per split.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import keras
+import ml_collections
+import tensorflow as tf
+
+from tfmaml import data
+from tfmaml.data import Splits
+from tfmaml.data.streams import SPLIT_SEED_OFFSETS
+
+
+class ImageSource(NamedTuple):
+    """A few-shot image data set a config can name as its `task`.
+
+    Attributes:
+        load: `load(config)` returns its class `Splits` of raw images
+            (`ClassIndexedImages`).
+        raw_shape: The shape of one image as the data set stores it (what
+            the exported model takes).
+    """
+
+    load: Callable[[ml_collections.ConfigDict], Splits]
+    raw_shape: tuple[int, ...]
+
+
+def _omniglot(config):
+    if config.data_dir:
+        source = data.sources.omniglot_from_archives(config.data_dir)
+    else:
+        source = data.sources.omniglot_from_tfds()
+    return data.sources.omniglot_splits(
+        source, split=config.split, seed=config.seed + 1
+    )
+
+
+def _cifar_fs(config):
+    if config.data_dir:
+        return data.sources.cifar_fs_from_archive(config.data_dir)
+    return data.sources.cifar_fs_from_tfds()
+
+
+def _mini_imagenet(config):
+    if not config.data_dir:
+        raise ValueError(
+            "mini-ImageNet has no download: set `data_dir` to a directory "
+            "with images/ and the Ravi and Larochelle train.csv, val.csv "
+            "and test.csv. Received: data_dir=''"
+        )
+    return data.sources.mini_imagenet_splits(config.data_dir)
+
+
+IMAGE_SOURCES: dict[str, ImageSource] = {
+    "omniglot": ImageSource(_omniglot, data.sources.OMNIGLOT_IMAGE_SHAPE),
+    "cifar_fs": ImageSource(_cifar_fs, data.sources.CIFAR100_IMAGE_SHAPE),
+    "mini_imagenet": ImageSource(
+        _mini_imagenet, data.sources.MINI_IMAGENET_IMAGE_SHAPE
+    ),
+}
+
+
+def preprocessing(config: ml_collections.ConfigDict) -> keras.Model:
+    """The image preprocessing of an image config (resize, scale, invert).
+
+    Args:
+        config: An image config.
+    """
+    return data.preprocessing(tuple(config.image_size), invert=config.invert)
+
+
+def grouped_test(
+    config: ml_collections.ConfigDict,
+) -> tuple[tf.data.Dataset, tuple[str, ...]] | None:
+    """The test stream of within-group episodes (every task's classes
+    share `config.eval_group_by`, e.g. one Omniglot alphabet), and the
+    groups it draws from; `None` when the config has no `eval_group_by`.
+    The same number of tasks and queries as `build_splits`' test stream.
+
+    Args:
+        config: An image config.
+    """
+    if not config.get("eval_group_by"):
+        return None
+    classes = _load_classes(config)
+    groups = data.grouped_classes(
+        classes.test, config.eval_group_by, config.num_ways
+    )
+    stream = _test_stream(config, classes, group_by=config.eval_group_by)
+    return stream, tuple(groups)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(task, data_dir, split, seed):
+    config = ml_collections.ConfigDict(
+        {"task": task, "data_dir": data_dir, "split": split, "seed": seed}
+    )
+    return IMAGE_SOURCES[task].load(config)
+
+
+def _load_classes(config):
+    """The config's class splits, loaded once for both test streams (the
+    last config's are kept in memory)."""
+    return _load_cached(
+        config.task, config.data_dir, config.get("split", "auto"), config.seed
+    )
+
+
+def image_splits(
+    config: ml_collections.ConfigDict, train_start: int = 0
+) -> Splits:
+    """The train, validation and test streams of an image config.
+
+    Args:
+        config: An image config.
+        train_start: The index of the first training meta-batch.
+    """
+    classes = _load_classes(config)
+    return Splits(
+        train=_episode_stream(
+            config,
+            classes,
+            "train",
+            rotations=config.rotations,
+            start=train_start,
+        ),
+        validation=_episode_stream(
+            config,
+            classes,
+            "validation",
+            num_batches=config.validation_batches,
+        ),
+        test=_test_stream(config, classes),
+    )
+
+
+def _test_stream(config, classes, group_by=None):
+    eval_batch = min(config.meta_batch_size, config.eval_tasks)
+    return _episode_stream(
+        config,
+        classes,
+        "test",
+        num_queries=config.eval_num_queries,
+        meta_batch_size=eval_batch,
+        num_batches=-(-config.eval_tasks // eval_batch),
+        group_by=group_by,
+    )
+
+
+def _episode_stream(config, classes, split, **kwargs):
+    return data.episodes(
+        data.prepare(getattr(classes, split), preprocessing(config)),
+        config.num_ways,
+        config.num_shots,
+        kwargs.pop("num_queries", config.num_queries),
+        kwargs.pop("meta_batch_size", config.meta_batch_size),
+        seed=config.seed + SPLIT_SEED_OFFSETS[split],
+        **kwargs,
+    )
