@@ -115,21 +115,14 @@ def _run_one(task, algorithm, ways):
     splits = experiment.build_splits(config)
     model = experiment.build_model(config)
 
-    class Budget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            limit = 60 * FLAGS.omniglot_minutes
-            if task == "omniglot" and time.perf_counter() - self.start > limit:
-                self.model.stop_training = True
-
     start = time.perf_counter()
     model.fit(
         splits.train,
         epochs=-(-config.total_steps // config.steps_per_epoch),
         steps_per_epoch=config.steps_per_epoch,
-        callbacks=[Budget()],
+        callbacks=[common.time_budget(60 * FLAGS.omniglot_minutes)]
+        if task == "omniglot"
+        else [],
         shuffle=False,
         verbose=0,
     )

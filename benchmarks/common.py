@@ -5,6 +5,17 @@ import platform
 import sys
 from collections.abc import Sequence
 
+# Environment that caps both frameworks' kernels at an instruction set:
+# oneDNN's (TensorFlow and PyTorch) and PyTorch's own ATen kernels.
+ISA_LIMITS = {
+    "native": {},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx512": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
+}
+
 
 def peak_rss_mib() -> float:
     """This process's peak RSS in MiB (`VmHWM`). Not `getrusage`: Linux

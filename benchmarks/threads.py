@@ -11,7 +11,7 @@ the median of `--steps` timed ones; rounds alternate the settings so a
 drift of the machine hits both.
 
 `--isa=avx2` caps oneDNN at AVX2 on an AVX-512 machine
-(`ONEDNN_MAX_CPU_ISA`, as `throughput.py` does).
+(`common.ISA_LIMITS`, as `throughput.py` does).
 
 Usage:
   python benchmarks/threads.py [--configs=sinusoid,omniglot_5way_1shot,...]
@@ -36,7 +36,6 @@ from absl import flags  # noqa: E402
 DEFAULT_DATA = (
     pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
 )
-ISA_LIMITS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
 # The environment variable tfmaml reads at import (see tfmaml.runtime).
 SETTINGS = {"TensorFlow's default": "0", "1 thread/op": "1"}
 flags.DEFINE_list(
@@ -44,7 +43,7 @@ flags.DEFINE_list(
     ["sinusoid", "omniglot_5way_1shot", "omniglot_20way_1shot", "navigation2d"],
     "Configs (modules of tfmaml.configs), optionally 'name:variant'.",
 )
-flags.DEFINE_list("isa", ["native"], "Of " + str(list(ISA_LIMITS)))
+flags.DEFINE_list("isa", ["native"], "Of " + str(list(common.ISA_LIMITS)))
 flags.DEFINE_integer("rounds", 2, "Alternating rounds per config.")
 flags.DEFINE_integer("steps", 10, "Timed meta-steps per process.")
 flags.DEFINE_integer("warmup", 3, "Untimed meta-steps first.")
@@ -101,9 +100,11 @@ def main(argv):
     if FLAGS.child:
         print(json.dumps(_time_config(FLAGS.child)))
         return
-    unknown = [i for i in FLAGS.isa if i not in ISA_LIMITS]
+    unknown = [i for i in FLAGS.isa if i not in common.ISA_LIMITS]
     if unknown:
-        raise app.UsageError(f"Unknown --isa {unknown}: use {list(ISA_LIMITS)}")
+        raise app.UsageError(
+            f"Unknown --isa {unknown}: use {list(common.ISA_LIMITS)}"
+        )
     rows = []
     for isa in FLAGS.isa:
         for spec in FLAGS.configs:
@@ -112,7 +113,7 @@ def main(argv):
                 for label, threads in SETTINGS.items():
                     env = {
                         **os.environ,
-                        **ISA_LIMITS[isa],
+                        **common.ISA_LIMITS[isa],
                         "TFMAML_INTRA_OP_THREADS": threads,
                     }
                     args = [a for a in sys.argv[1:] if "--child" not in a]

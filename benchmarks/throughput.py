@@ -90,15 +90,6 @@ VARIANTS = {
         task_loop="map", environment={"TFMAML_INTRA_OP_THREADS": "0"}
     ),
 }
-# Environment that caps both frameworks' kernels at an instruction set.
-ISA_LIMITS = {
-    "native": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
-    "avx512": {
-        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
-        "ATEN_CPU_CAPABILITY": "avx512",
-    },
-}
 DEFAULT_VARIANTS = (
     "map",
     "map, TensorFlow's thread default",
@@ -115,7 +106,7 @@ flags.DEFINE_list(
 flags.DEFINE_bool("compare-torch", False, "Run the PyTorch reference too.")
 flags.DEFINE_string("torch_script", str(TORCH_SCRIPT), "torch_maml.py path.")
 flags.DEFINE_list("torch_maps", ["loop"], "torch_maml.py --map values.")
-flags.DEFINE_list("isa", ["native"], "Of " + str(list(ISA_LIMITS)))
+flags.DEFINE_list("isa", ["native"], "Of " + str(list(common.ISA_LIMITS)))
 flags.DEFINE_integer(
     "flop_per_cycle", 0, "FP32 FLOP per cycle per core (0: from the CPU)."
 )
@@ -438,7 +429,7 @@ def _torch_meta_loss(path):
 def _spawn(arguments, isa="native", environment=None):
     """Runs a child process with `isa`'s kernel cap (and `environment`);
     returns its stdout lines."""
-    env = {**os.environ, **ISA_LIMITS[isa], **(environment or {})}
+    env = {**os.environ, **common.ISA_LIMITS[isa], **(environment or {})}
     result = subprocess.run(arguments, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{arguments} failed:\n{result.stderr[-3000:]}")
@@ -510,9 +501,11 @@ def main(argv):
     unknown = [w for w in FLAGS.workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"Unknown --workloads {unknown}: use {WORKLOADS}")
-    unknown = [i for i in FLAGS.isa if i not in ISA_LIMITS]
+    unknown = [i for i in FLAGS.isa if i not in common.ISA_LIMITS]
     if unknown:
-        raise ValueError(f"Unknown --isa {unknown}: use {list(ISA_LIMITS)}")
+        raise ValueError(
+            f"Unknown --isa {unknown}: use {list(common.ISA_LIMITS)}"
+        )
     variants = [
         list(VARIANTS)[int(v)] if v.isdigit() else v for v in FLAGS.variants
     ]
