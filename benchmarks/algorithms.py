@@ -82,7 +82,9 @@ def _config(task, algorithm, ways):
         from tfmaml.configs import omniglot_20way_1shot
 
         module = {5: omniglot_5way_1shot, 20: omniglot_20way_1shot}[ways]
-        config = module.get_config()
+        # The 20-way config's default is its ProtoNet recipe; MAML's
+        # settings are its `maml` variant.
+        config = module.get_config("maml" if ways == 20 else None)
         config.data_dir = FLAGS.data_dir
         config.steps_per_epoch = 10
         # For the schedules: about the steps the time budget allows.

@@ -27,7 +27,7 @@ flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Omniglot archives.")
 flags.DEFINE_integer("batches", 300, "Meta-batches read to time the pipeline.")
 flags.DEFINE_integer("steps", 4, "Timed meta-training steps per config.")
 FLAGS = flags.FLAGS
-CONFIGS = ("omniglot_5way_1shot", "omniglot_20way_1shot")
+CONFIGS = ("omniglot_5way_1shot", "omniglot_20way_1shot:maml")
 
 
 def main(argv):
@@ -38,7 +38,9 @@ def main(argv):
 
     rows = []
     for name in CONFIGS:
-        config = importlib.import_module(f"tfmaml.configs.{name}").get_config()
+        module, _, variant = name.partition(":")
+        config = importlib.import_module(f"tfmaml.configs.{module}")
+        config = config.get_config(variant or None)
         config.data_dir = FLAGS.data_dir
         start = time.perf_counter()
         splits = experiment.build_splits(config)

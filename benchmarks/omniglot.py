@@ -10,13 +10,32 @@ time, then prints the test accuracy over 600 tasks of unseen alphabets with
 precisions; with `--max_steps` they stop at the same meta-batch count, so
 their accuracies compare at equal training.
 
+`--seeds=0,1,2` runs each config as a user does instead, to its own end
+(its `total_steps`, schedule and early stopping): `python -m tfmaml.train`
+once per seed in a fresh process, `--parallel` of them at a time. It
+prints each seed's meta-training (steps and minutes of `fit`) and test
+accuracy on random and on within-alphabet episodes, then the mean over
+seeds with a 95% confidence interval (Student's t over the seeds' means).
+A config is a module of `tfmaml.configs` with an optional variant
+(`omniglot_20way_1shot:maml`). With `--parallel` above 1 the runs share
+the cores: their minutes are not the config's wall time on an idle machine,
+but their accuracies are (training is deterministic and ends at a step
+count, not a time).
+
 Usage:
   python benchmarks/omniglot.py [--minutes=15] [--max_steps=0]
       [--precisions=float32] [--data_dir=DIR]
+  python benchmarks/omniglot.py --configs=omniglot_20way_1shot
+      --seeds=0,1,2 [--parallel=1] [--out=DIR] [--data_dir=DIR]
 """
 
+import json
 import os
 import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,11 +56,107 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("max_steps", 0, "Stop after this many meta-batches.")
 flags.DEFINE_list("precisions", ["float32"], "Keras dtype policies to run.")
+flags.DEFINE_list("seeds", [], "Run each config to its end per seed.")
+flags.DEFINE_integer("parallel", 1, "With --seeds: runs at a time.")
+flags.DEFINE_string("out", "", "With --seeds: workdirs (default: a temp dir).")
 FLAGS = flags.FLAGS
+
+# Student's t, two-sided 95%, by degrees of freedom.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447}
+
+
+def _train_command(config, seed, workdir):
+    module, _, variant = config.partition(":")
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    return [
+        sys.executable,
+        "-m",
+        "tfmaml.train",
+        f"--config={path / module}.py" + (f":{variant}" if variant else ""),
+        f"--config.seed={seed}",
+        f"--config.data_dir={FLAGS.data_dir}",
+        f"--workdir={workdir}",
+        f"--export_dir={workdir}/export",
+        "--fit_verbose=0",
+    ]
+
+
+def _seeds_report():
+    out = pathlib.Path(FLAGS.out or tempfile.mkdtemp(prefix="omniglot_"))
+    runs = [(c, int(s)) for c in FLAGS.configs for s in FLAGS.seeds]
+    waiting, running, done = list(runs), {}, {}
+    while waiting or running:
+        while waiting and len(running) < FLAGS.parallel:
+            config, seed = waiting.pop(0)
+            workdir = out / f"{config.replace(':', '_')}_seed{seed}"
+            command = _train_command(config, seed, workdir)
+            print("$", " ".join(command), flush=True)
+            running[(config, seed)] = (
+                subprocess.Popen(command, stdout=subprocess.DEVNULL),
+                workdir,
+            )
+        time.sleep(5)
+        for key, (process, workdir) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[key]
+            if process.returncode:
+                raise RuntimeError(
+                    f"{key} failed; its log: {workdir / 'log.txt'}"
+                )
+            done[key] = (
+                json.loads((workdir / "training.json").read_text()),
+                json.loads((workdir / "evaluation.json").read_text()),
+            )
+            print(key, json.dumps(done[key]), flush=True)
+    kinds = sorted({k for _, figures in done.values() for k in figures})
+    rows, by_config = [], {}
+    for config, seed in runs:
+        training, figures = done[(config, seed)]
+        cells = []
+        for kind in kinds:
+            last = figures[kind][-1]  # The most inner steps evaluated.
+            by_config.setdefault((config, kind), []).append(last["accuracy"])
+            cells.append(
+                f"{100 * last['accuracy']:.1f}% +- "
+                f"{100 * last['accuracy_ci95']:.1f}% ({last['steps']} steps)"
+            )
+        rows.append(
+            (
+                config,
+                str(seed),
+                f"{training['steps']} steps, "
+                f"{training['seconds'] / 60:.1f} min",
+                *cells,
+            )
+        )
+    for config in FLAGS.configs:
+        cells = []
+        for kind in kinds:
+            values = by_config[(config, kind)]
+            mean = statistics.fmean(values)
+            half = (
+                T95.get(len(values) - 1, 1.96)
+                * statistics.stdev(values)
+                / len(values) ** 0.5
+                if len(values) > 1
+                else float("nan")
+            )
+            cells.append(f"{100 * mean:.1f}% +- {100 * half:.1f}%")
+        rows.append((config, "mean over seeds (95% CI)", "", *cells))
+    print()
+    common.print_report(
+        ("config", "seed", "meta-training", *(f"test, {k}" for k in kinds)),
+        rows,
+    )
+    print(f"Workdirs: {out}")
 
 
 def main(argv):
     del argv
+    if FLAGS.seeds:
+        _seeds_report()
+        return
     import importlib
 
     import keras
@@ -70,7 +185,9 @@ def main(argv):
     runs = [(n, p) for n in FLAGS.configs for p in FLAGS.precisions]
     rows = []
     for name, precision in runs:
-        config = importlib.import_module(f"tfmaml.configs.{name}").get_config()
+        module, _, variant = name.partition(":")
+        config = importlib.import_module(f"tfmaml.configs.{module}")
+        config = config.get_config(variant or None)
         config.data_dir = FLAGS.data_dir
         config.precision = precision
         keras.config.set_dtype_policy(precision)

@@ -1,15 +1,16 @@
 """A documented grid over one config field, scored on validation classes.
 
 For each value of `--field`, meta-trains the config (a module of
-`tfmaml.configs`, e.g. `omniglot_20way_1shot`) for `--minutes` of wall
-time in its own process, then evaluates on `--tasks` tasks of the
-validation classes (for the Omniglot subset split: a fifth of the training
-alphabets' characters, held out) after the config's test-time inner steps.
+`tfmaml.configs` with an optional variant, e.g.
+`omniglot_20way_1shot:maml`) for `--minutes` of wall time in its own
+process, then evaluates on `--tasks` tasks of the validation classes (for
+the Omniglot subset split: a fifth of the training alphabets' characters,
+held out) after the config's test-time inner steps.
 The test alphabets are never touched, so a value picked here can be
 reported on them afterwards without having been tuned on them.
 
 Usage:
-  python benchmarks/sweep.py --config=omniglot_20way_1shot --field=inner_lr
+  python benchmarks/sweep.py --config=omniglot_20way_1shot:maml --field=inner_lr
       --values=0.05,0.1,0.3,1.0 [--minutes=5] [--tasks=600]
       [--set=field=value,...] [--data_dir=DIR]
 """
@@ -32,7 +33,7 @@ DEFAULT_DATA = (
     pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
 )
 flags.DEFINE_string(
-    "config", "omniglot_20way_1shot", "A tfmaml.configs module."
+    "config", "omniglot_20way_1shot", "A tfmaml.configs module[:variant]."
 )
 flags.DEFINE_string("field", "inner_lr", "The config field to sweep.")
 flags.DEFINE_list("values", ["0.05", "0.1", "0.3", "1.0"], "Its values.")
@@ -59,8 +60,9 @@ def _run_one(value):
     from tfmaml import evaluation
     from tfmaml import experiment
 
-    config = importlib.import_module(f"tfmaml.configs.{FLAGS.config}")
-    config = config.get_config()
+    module, _, variant = FLAGS.config.partition(":")
+    config = importlib.import_module(f"tfmaml.configs.{module}")
+    config = config.get_config(variant or None)
     config.data_dir = FLAGS.data_dir
     for override in FLAGS.set:
         field, _, text = override.partition("=")

@@ -40,7 +40,12 @@ DEFAULT_DATA = (
 SETTINGS = {"TensorFlow's default": "0", "1 thread/op": "1"}
 flags.DEFINE_list(
     "configs",
-    ["sinusoid", "omniglot_5way_1shot", "omniglot_20way_1shot", "navigation2d"],
+    [
+        "sinusoid",
+        "omniglot_5way_1shot",
+        "omniglot_20way_1shot:maml",
+        "navigation2d",
+    ],
     "Configs (modules of tfmaml.configs), optionally 'name:variant'.",
 )
 flags.DEFINE_list("isa", ["native"], "Of " + str(list(common.ISA_LIMITS)))

@@ -317,3 +317,104 @@ def test_within_group_errors_name_the_problem():
     )
     with pytest.raises(ValueError, match=r"Class '0'.*several 'alphabet'"):
         data.grouped_classes(mixed, "alphabet", 2)
+
+
+def _blob_source(classes=4, per_class=4, size=28):
+    """Every image a bright 6x6 square at the centre of a dark image."""
+    images = np.zeros((classes * per_class, size, size, 1), np.float32)
+    images[:, 11:17, 11:17] = 1.0
+    return sources.from_arrays(
+        images, np.arange(len(images)) // per_class, name="blobs"
+    )
+
+
+def _ink_and_centre(images):
+    """Total ink and its centre of mass (row, column) of each image."""
+    images = np.asarray(images)[..., 0].reshape(-1, *images.shape[-3:-1])
+    ink = images.sum(axis=(1, 2))
+    rows, cols = np.indices(images.shape[1:])
+    centre = np.stack(
+        [
+            (images * rows).sum(axis=(1, 2)) / ink,
+            (images * cols).sum(axis=(1, 2)) / ink,
+        ],
+        axis=1,
+    )
+    return ink, centre
+
+
+def test_augmentation_distorts_each_image_as_its_ranges_allow():
+    source = _blob_source()
+    plain, plain_y = next(iter(data.episodes(source, 3, 1, 2, 4, seed=5)))
+
+    def augmented(**ranges):
+        zero = dict(rotation=0.0, shear=0.0, scale=0.0, shift=0.0)
+        augment = data.AffineAugmentation(**{**zero, **ranges})
+        x, y = next(
+            iter(data.episodes(source, 3, 1, 2, 4, seed=5, augment=augment))
+        )
+        np.testing.assert_array_equal(y, plain_y)  # Classes untouched.
+        return np.concatenate(
+            [x["support_x"].numpy(), x["query_x"].numpy()], axis=1
+        )
+
+    np.testing.assert_array_equal(
+        augmented(), np.concatenate([plain["support_x"], plain["query_x"]], 1)
+    )
+    centre = (27 - 1) / 2 + 0.5  # The square's centre, pixels 11..16.
+    # Rotation and shear keep area and centre; each image its own draw.
+    images = augmented(rotation=30.0, shear=0.3)
+    ink, centres = _ink_and_centre(images)
+    np.testing.assert_allclose(ink, 36.0, rtol=0.03)
+    np.testing.assert_allclose(centres, centre, atol=0.05)
+    assert len({round(float(i), 3) for i in ink}) > len(ink) // 2
+    # Scaling by s multiplies the area by s^2, within the range.
+    ink, centres = _ink_and_centre(augmented(scale=0.2))
+    assert 36 * 0.8**2 * 0.97 < ink.min() and ink.max() < 36 * 1.2**2 * 1.03
+    assert ink.max() / ink.min() > 1.2
+    np.testing.assert_allclose(centres, centre, atol=0.05)
+    # A shift of at most 10% of 28 pixels moves the centre by at most 2.8.
+    ink, centres = _ink_and_centre(augmented(shift=0.1))
+    np.testing.assert_allclose(ink, 36.0, rtol=1e-4)
+    moved = np.abs(centres - centre)
+    assert moved.max() <= 2.8 + 1e-4 and moved.max() > 1.0
+
+
+def test_augmented_streams_resume_exactly():
+    augment = data.AffineAugmentation()
+    stream = data.episodes(
+        _blob_source(), 3, 1, 2, 4, seed=2, augment=augment, num_batches=3
+    )
+    resumed = data.episodes(
+        _blob_source(), 3, 1, 2, 4, seed=2, augment=augment, start=2
+    )
+    third = list(stream)[2][0]["query_x"]
+    np.testing.assert_array_equal(next(iter(resumed))[0]["query_x"], third)
+
+
+def test_augmentation_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"AffineAugmentation.shear .*-0.1"):
+        data.episodes(
+            _blob_source(),
+            3,
+            1,
+            2,
+            4,
+            augment=data.AffineAugmentation(shear=-0.1),
+        )
+    with pytest.raises(ValueError, match=r"scale must be below 1"):
+        data.episodes(
+            _blob_source(),
+            3,
+            1,
+            2,
+            4,
+            augment=data.AffineAugmentation(scale=1.0),
+        )
+    with pytest.raises(TypeError, match=r"`augment` must be .* dict"):
+        data.episodes(_blob_source(), 3, 1, 2, 4, augment={"shift": 0.1})
+    flat = sources.from_arrays(
+        np.zeros((16, 5), np.float32), np.arange(16) // 4
+    )
+    with pytest.raises(ValueError, match=r"split .* shape \(5,\)"):
+        data.episodes(flat, 3, 1, 2, 4, augment=data.AffineAugmentation())

@@ -232,3 +232,54 @@ def test_the_shipped_sinusoid_model_adapts(tmp_path, run_without_tfmaml):
     mse = json.loads((tmp_path / "mse.json").read_text())
     assert mse["adapted"] < 0.25 * mse["base"]
     assert mse["adapted"] < 0.5
+
+
+def test_the_shipped_omniglot_20_way_model_tells_characters_apart(
+    tmp_path, run_without_tfmaml
+):
+    # saved_models/omniglot_20way_1shot is what `python -m tfmaml.train
+    # --config=configs/omniglot_20way_1shot.py` exports (seed 0, see
+    # benchmarks/RESULTS.md). Within-alphabet 20-way 1-shot episodes of an
+    # unseen alphabet, raw 105x105 uint8 drawings, in a client without
+    # tfmaml; chance is 5%.
+    from tfmaml.data import sources
+
+    shutil.copytree(
+        REPO / "saved_models" / "omniglot_20way_1shot", tmp_path / "saved"
+    )
+    omniglot = sources.omniglot_from_archives(
+        REPO.parent / "shared" / "data" / "omniglot"
+    )
+    test = sources.omniglot_splits(omniglot).test
+    alphabet = np.asarray(test.metadata["alphabet"])[test.class_starts]
+    katakana = np.flatnonzero(alphabet == "Japanese_(katakana)")
+    rng = np.random.default_rng(0)
+    episodes = []
+    for _ in range(10):
+        classes = rng.choice(katakana, 20, replace=False)
+        drawings = np.stack(
+            [rng.choice(test.class_sizes[c], 6, replace=False) for c in classes]
+        )  # [20, 1 shot + 5 queries]
+        rows = test.class_starts[classes][:, None] + drawings
+        episodes.append(test.images[rows.T.reshape(-1)])
+    np.save(tmp_path / "episodes.npy", np.stack(episodes))
+    assert np.stack(episodes).dtype == np.uint8
+    run_without_tfmaml(
+        """
+        import json
+        import numpy as np
+        import tensorflow as tf
+        served = tf.saved_model.load("saved")
+        labels = np.tile(np.arange(20, dtype=np.int32), 6)
+        correct = []
+        for images in np.load("episodes.npy"):
+            out = served.adapt_and_predict(
+                support_x=images[:20], support_y=labels[:20],
+                query_x=images[20:])
+            guess = np.argmax(out["probabilities"], axis=-1)
+            correct.append(float(np.mean(guess == labels[20:])))
+        json.dump(correct, open("accuracy.json", "w"))
+        """
+    )
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    assert np.mean(accuracy) > 0.7, accuracy

@@ -157,3 +157,35 @@ def test_image_config_smoke_run_trains_evaluates_and_exports(
     np.testing.assert_allclose(
         out["predictions"], expected, rtol=1e-3, atol=1e-3
     )
+
+
+def test_wider_training_episodes_and_augmentation_reach_the_training_stream(
+    tmp_path,
+):
+    from configs import cifar_fs_5way_1shot
+    from tfmaml import experiment
+
+    write_cifar100_archive(tmp_path)
+    config = cifar_fs_5way_1shot.get_config("smoke")
+    config.data_dir = str(tmp_path)
+    plain = experiment.build_splits(config)
+    config.algorithm = "protonet"
+    config.train_num_ways = 8
+    config.augment = True
+    wider = experiment.build_splits(config)
+    x, y = next(iter(wider.train))
+    assert x["support_x"].shape[1] == 8 and int(tf.reduce_max(y)) == 7
+    val_x, _ = next(iter(wider.validation))
+    assert val_x["support_x"].shape[1] == config.num_ways
+    # Validation and test images are never distorted.
+    np.testing.assert_array_equal(
+        next(iter(plain.validation))[0]["query_x"], val_x["query_x"]
+    )
+    config.train_num_ways = 0  # The test's ways, distorted images.
+    plain_x = next(iter(plain.train))[0]["query_x"].numpy()
+    distorted = next(iter(experiment.build_splits(config).train))[0]
+    assert distorted["query_x"].shape == plain_x.shape
+    assert np.abs(distorted["query_x"].numpy() - plain_x).mean() > 0.01
+    config.algorithm, config.train_num_ways = "maml", 8
+    with pytest.raises(ValueError, match=r"train_num_ways=8 differs .*'maml'"):
+        experiment.build_splits(config)

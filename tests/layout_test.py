@@ -16,6 +16,7 @@ ORDER = [
     "tfmaml.data.streams",
     "tfmaml.data.sinusoid",
     "tfmaml.data.sources",
+    "tfmaml.data.augmentation",
     "tfmaml.data.episodes",
     "tfmaml.data",
     "tfmaml.inner_loop",

@@ -1,5 +1,6 @@
 """The `tfmaml.train` and `tfmaml.evaluate` command lines, end to end."""
 
+import json
 import os
 import pathlib
 import re
@@ -16,6 +17,7 @@ from tfmaml import cli
 from tfmaml.configs import sinusoid
 
 CONFIGS = pathlib.Path(sinusoid.__file__).parent
+OMNIGLOT = pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
 
 
 def _run(module, *args, cwd, native_logs=False):
@@ -134,9 +136,7 @@ def test_evaluate_without_a_trained_model_says_what_to_run(tmp_path):
 
 @pytest.mark.slow
 def test_omniglot_smoke_run_exports_a_model_that_takes_raw_images(tmp_path):
-    data_dir = (
-        pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-    )
+    data_dir = OMNIGLOT
     args = [
         "--config=" + str(CONFIGS / "omniglot_5way_1shot.py") + ":smoke",
         f"--config.data_dir={data_dir}",
@@ -272,3 +272,81 @@ def test_navigation_smoke_run_trains_evaluates_and_exports(tmp_path):
     served = tf.saved_model.load(str(tmp_path / "exported"))
     out = served.act(observations=np.zeros((3, 2), "float32"))
     assert out["actions"].shape == (3, 2) and out["stddev"].shape == (2,)
+
+
+def test_early_stopping_ends_with_the_best_validation_weights(tmp_path):
+    # A meta learning rate this large makes the second epoch worse than the
+    # first on validation (asserted below, so the test can tell).
+    trained = _run(
+        "tfmaml.train",
+        "--config=" + str(CONFIGS / "sinusoid.py") + ":smoke",
+        "--config.learning_rate=0.3",
+        "--config.total_steps=800",
+        "--config.early_stopping_patience=1",
+        "--config.restore_best_weights=True",
+        "--workdir=run",
+        "--export_dir=exported",
+        "--fit_verbose=2",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    val_losses = [
+        float(v) for v in re.findall(r"val_loss: ([\d.]+)", trained.stdout)
+    ]
+    assert len(val_losses) == 2, trained.stdout  # Stopped after 2 of 4.
+    assert val_losses[1] > val_losses[0]
+
+    def weights(name):
+        model = keras.models.load_model(tmp_path / "run" / name)
+        return model.get_weights()
+
+    best = weights("checkpoints/best.keras")
+    for final, kept in zip(weights("model.keras"), best, strict=True):
+        np.testing.assert_array_equal(final, kept)
+    last = weights("checkpoints/latest.keras")
+    assert (
+        max(np.abs(a - b).max() for a, b in zip(last, best, strict=True)) > 0.1
+    )
+
+
+def test_the_20_way_recipe_trains_wide_and_serves_20_way(tmp_path):
+    # The recipe, with training episodes wider than the test's.
+    from tfmaml.configs import omniglot_20way_1shot
+
+    data_dir = OMNIGLOT
+    trained = _run(
+        "tfmaml.train",
+        "--config=" + str(CONFIGS / "omniglot_20way_1shot.py") + ":smoke",
+        f"--config.data_dir={data_dir}",
+        "--config.train_num_ways=30",
+        "--workdir=run",
+        "--export_dir=exported",
+        "--fit_verbose=0",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    figures = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert set(figures) == {"random", "within_alphabet"}
+    assert [r["steps"] for r in figures["random"]] == [0]  # A ProtoNet.
+    training = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert training["steps"] == 6 and training["seconds"] > 0
+    # Trained on 30-way episodes, served 20-way on raw images.
+    from tfmaml.data import sources
+
+    omniglot = sources.omniglot_from_archives(data_dir)
+    rows = np.concatenate([omniglot.class_starts[:20] + i for i in range(2)])
+    labels = np.tile(np.arange(20, dtype=np.int32), 2)
+    served = tf.saved_model.load(str(tmp_path / "exported"))
+    raw = omniglot.images[rows]
+    out = served.adapt_and_predict(
+        support_x=raw[:20], support_y=labels[:20], query_x=raw[20:]
+    )
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    prepare = tfmaml.data.preprocessing((28, 28), invert=True)
+    expected = model.adapt_and_predict(
+        prepare(raw[:20]), labels[:20], prepare(raw[20:])
+    )
+    np.testing.assert_allclose(out["predictions"], expected, atol=1e-4)
+    assert out["probabilities"].shape == (20, 20)
+    with pytest.raises(ValueError, match=r"\['mam'\].*\['maml', 'smoke'\]"):
+        omniglot_20way_1shot.get_config("mam,smoke")

@@ -1,5 +1,6 @@
 """Flags and paths shared by the `tfmaml.train` and `tfmaml.evaluate` mains."""
 
+import json
 import os
 
 from absl import app
@@ -56,8 +57,11 @@ def check_no_arguments(argv) -> None:
 def evaluate_and_report(model, config, test, workdir) -> list:
     """Evaluates on the test tasks after `config.eval_step_counts` inner
     steps, prints the table (a step count whose adaptation diverged says
-    so, with the remedy) and writes it to `workdir/evaluation.txt`;
-    returns the results (`StepResult`s, or `StepReturn`s for meta-RL).
+    so, with the remedy) and writes it to `workdir/evaluation.txt`, and the
+    figures to `workdir/evaluation.json` (`{"random": [...]}`, plus
+    `"within_<eval_group_by>"` for within-group episodes: one dict per step
+    count); returns the results (`StepResult`s, or `StepReturn`s for
+    meta-RL).
 
     Args:
         model: The trained model.
@@ -69,20 +73,30 @@ def evaluate_and_report(model, config, test, workdir) -> list:
         task_batch = next(iter(test))[rl.task_families.TASKS]
         results = experiment.evaluate_rl_returns(model, config, task_batch)
         table = rl.format_returns(results)
+        figures = {"random": results}
     else:
         results, table = _evaluate_episodes(model, config, test)
+        figures = {"random": results}
         grouped = image_tasks.grouped_test(config)
         if grouped is not None:
             stream, groups = grouped
+            within, within_table = _evaluate_episodes(model, config, stream)
+            figures[f"within_{config.eval_group_by}"] = within
             table = (
                 f"Random {config.num_ways}-way episodes:\n{table}\n\n"
                 f"Within one {config.eval_group_by} "
-                f"({', '.join(groups)}):\n"
-                + _evaluate_episodes(model, config, stream)[1]
+                f"({', '.join(groups)}):\n{within_table}"
             )
     print(table)
     with open(os.path.join(workdir, "evaluation.txt"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(workdir, "evaluation.json"), "w") as f:
+        json.dump(
+            {k: [r._asdict() for r in v] for k, v in figures.items()},
+            f,
+            indent=1,
+            default=float,  # NumPy scalars.
+        )
     return results
 
 

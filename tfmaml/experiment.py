@@ -347,6 +347,36 @@ def checkpoint_monitor(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return ("val_return", "max") if is_rl(config) else ("val_loss", "min")
 
 
+def early_stopping(
+    config: ml_collections.ConfigDict,
+) -> list[keras.callbacks.Callback]:
+    """Keras' `EarlyStopping` on the checkpoint's validation log
+    (`checkpoint_monitor`) as the config asks, or nothing.
+
+    `config.early_stopping_patience`: epochs without improvement before
+    training stops (0: never stops early). `config.restore_best_weights`:
+    the model ends with the weights of its best validation epoch (what is
+    then evaluated and exported), not its last.
+
+    Args:
+        config: The experiment config.
+    """
+    patience = config.get("early_stopping_patience", 0)
+    restore = config.get("restore_best_weights", False)
+    if not patience and not restore:
+        return []
+    monitor, mode = checkpoint_monitor(config)
+    epochs = -(-config.total_steps // config.steps_per_epoch)
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode=mode,
+            patience=patience or epochs,
+            restore_best_weights=restore,
+        )
+    ]
+
+
 def export_model(
     model: keras.Model, config: ml_collections.ConfigDict, export_dir: str
 ) -> str:

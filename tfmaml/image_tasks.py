@@ -128,7 +128,9 @@ def image_splits(
             config,
             classes,
             "train",
+            num_ways=train_num_ways(config),
             rotations=config.rotations,
+            augment=_augmentation(config),
             start=train_start,
         ),
         validation=_episode_stream(
@@ -138,6 +140,33 @@ def image_splits(
             num_batches=config.validation_batches,
         ),
         test=_test_stream(config, classes),
+    )
+
+
+def train_num_ways(config: ml_collections.ConfigDict) -> int:
+    """The ways of an image config's training episodes
+    (`config.train_num_ways`, 0 meaning `config.num_ways`).
+
+    Raises:
+        ValueError: If they differ from `num_ways` for an algorithm whose
+            network ends in a head of `num_ways` classes.
+    """
+    ways = config.get("train_num_ways", 0) or config.num_ways
+    if ways != config.num_ways and config.algorithm != "protonet":
+        raise ValueError(
+            f"train_num_ways={ways} differs from num_ways={config.num_ways}: "
+            "only algorithm='protonet' trains on wider episodes than it is "
+            f"tested on (algorithm={config.algorithm!r} has a head of "
+            "num_ways classes)."
+        )
+    return ways
+
+
+def _augmentation(config):
+    if not config.get("augment", False):
+        return None
+    return data.AffineAugmentation(
+        **{k: float(v) for k, v in config.augmentation.items()}
     )
 
 
@@ -157,7 +186,7 @@ def _test_stream(config, classes, group_by=None):
 def _episode_stream(config, classes, split, **kwargs):
     return data.episodes(
         data.prepare(getattr(classes, split), preprocessing(config)),
-        config.num_ways,
+        kwargs.pop("num_ways", config.num_ways),
         config.num_shots,
         kwargs.pop("num_queries", config.num_queries),
         kwargs.pop("meta_batch_size", config.meta_batch_size),

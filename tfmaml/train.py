@@ -10,12 +10,16 @@ what the terminal does not show, see `tfmaml.console`), the backup that lets a
 killed run started again with the same command resume at the exact step it
 reached (`backup/`, every `config.backup_every` steps; see
 `tfmaml.training`), the final
-model (`model.keras`) and its evaluation (`evaluation.txt`). The model is
+model (`model.keras`), how long training took (`training.json`: the step
+reached, the step resumed from, the seconds of `fit`) and the evaluation
+(`evaluation.txt`, and `evaluation.json` for scripts). The model is
 exported as a SavedModel that adapts itself at serving time (see
 `tfmaml.export`) to `--export_dir`, by default `saved_models/<config.name>/`.
 """
 
+import json
 import os
+import time
 
 from absl import app
 from absl import flags
@@ -78,7 +82,9 @@ def main(argv):
             mode=experiment.checkpoint_monitor(config)[1],
             save_best_only=True,
         ),
+        *experiment.early_stopping(config),
     ]
+    fit_start = time.perf_counter()
     resumed_at = training.fit_resumable(
         model,
         lambda start: experiment.build_splits(config, train_start=start).train,
@@ -93,6 +99,14 @@ def main(argv):
     )
     if resumed_at:
         print(f"Resumed from the backup at step {resumed_at}.")
+    fit_seconds = time.perf_counter() - fit_start
+    steps = training.optimizer_step(model)
+    print(f"Meta-trained to step {steps} in {fit_seconds / 60:.1f} min.")
+    with open(os.path.join(workdir, "training.json"), "w") as f:
+        json.dump(
+            {"steps": steps, "resumed_at": resumed_at, "seconds": fit_seconds},
+            f,
+        )
     model.save(os.path.join(workdir, cli.MODEL_FILE))
     if not chief:
         return

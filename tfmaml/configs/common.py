@@ -49,6 +49,11 @@ def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
     - `precision`: `"float32"` or `"mixed_bfloat16"` (Keras mixed
       precision: bfloat16 compute, float32 weights and losses; 1.3x on
       Conv4 on a CPU with AVX512-BF16).
+    - `early_stopping_patience`: validation epochs without improvement
+      before training stops (Keras' `EarlyStopping` on the checkpoint's
+      validation log; 0: off).
+    - `restore_best_weights`: end with the best validation epoch's weights
+      (then evaluated and exported) instead of the last.
     """
     config.strategy = "default"
     config.deterministic = True
@@ -56,3 +61,5 @@ def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
     config.intra_op_threads = 0
     config.inter_op_threads = 0
     config.precision = "float32"
+    config.early_stopping_patience = 0
+    config.restore_best_weights = False

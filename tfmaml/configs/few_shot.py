@@ -63,9 +63,19 @@ def few_shot_config(
     config.invert = invert
     config.rotations = rotations  # Training classes only.
     config.num_ways = num_ways
+    # Ways of the training episodes; 0: `num_ways`. Wider training (Snell
+    # et al.'s 60-way for ProtoNet) needs a network without a class head,
+    # so only `algorithm="protonet"` takes it.
+    config.train_num_ways = 0
     config.num_shots = num_shots
     config.num_queries = 15
     config.meta_batch_size = meta_batch_size
+    # Random affine distortions of training images (each image its own
+    # draw, uniform in +-range; `tfmaml.data.AffineAugmentation`).
+    config.augment = False
+    config.augmentation = ml_collections.ConfigDict(
+        {"rotation": 10.0, "shear": 0.2, "scale": 0.1, "shift": 0.1}
+    )
 
     # Network and loss.
     config.network = "conv4"

@@ -1,6 +1,7 @@
 """Episode pipelines: `tf.data` datasets of meta-batches of tasks."""
 
 from tfmaml.data import sources
+from tfmaml.data.augmentation import AffineAugmentation
 from tfmaml.data.episodes import DeviceEpisodes
 from tfmaml.data.episodes import episodes
 from tfmaml.data.episodes import grouped_classes
@@ -13,6 +14,7 @@ from tfmaml.data.sources import ClassIndexedImages
 from tfmaml.data.sources import Splits
 
 __all__ = [
+    "AffineAugmentation",
     "ClassIndexedImages",
     "DeviceEpisodes",
     "SinusoidTasks",

@@ -24,9 +24,14 @@ from tfmaml.batches import SUPPORT_Y
 from tfmaml.checks import check_int
 from tfmaml.checks import check_optional_int
 from tfmaml.data import sources
+from tfmaml.data.augmentation import AffineAugmentation
 from tfmaml.data.sources import ClassIndexedImages
 from tfmaml.data.streams import batch_seeds
 from tfmaml.data.streams import indexed_stream
+
+# The augmentation's draws: a stream of their own, so turning augmentation
+# on leaves the sampled classes and examples as they were.
+AUGMENTATION_SEED_OFFSET = 3_000_017
 
 
 def preprocessing(
@@ -119,6 +124,7 @@ def episodes(
     seed: int = 0,
     rotations: bool = False,
     group_by: str | None = None,
+    augment: AffineAugmentation | None = None,
     num_batches: int | None = None,
     start: int = 0,
 ) -> tf.data.Dataset:
@@ -152,6 +158,10 @@ def episodes(
             characters of one alphabet look alike). `grouped_classes`
             says which groups take part. Defaults to `None`: classes
             from anywhere in the split.
+        augment: An `AffineAugmentation`: every support and query image
+            gets its own random affine distortion (same class), drawn
+            from the stream's seed and the batch index like the rest.
+            Defaults to `None`: images as they are.
         num_batches: Number of elements; `None` (the default) repeats
             forever.
         start: The index of the first element: a stream started at
@@ -190,9 +200,27 @@ def episodes(
     images = tf.constant(sample.source.images)
     check_optional_int("num_batches", num_batches, minimum=1)
     check_int("start", start, minimum=0)
+    if augment is not None:
+        if not isinstance(augment, AffineAugmentation):
+            raise TypeError(
+                "`augment` must be a tfmaml.data.AffineAugmentation or None; "
+                f"received {type(augment).__name__}."
+            )
+        augment.check()
+        if images.shape.rank != 4:
+            raise ValueError(
+                "`augment` distorts images of shape (height, width, "
+                f"channels); split {sample.source.name!r} has examples of "
+                f"shape {tuple(images.shape[1:])}."
+            )
 
     def make_batch(index):
-        return gather_episodes(images, sample(index), num_shots, rotations)
+        x, y = gather_episodes(images, sample(index), num_shots, rotations)
+        if augment is not None:
+            x = augment.apply_to_episodes(
+                x, batch_seeds(seed + AUGMENTATION_SEED_OFFSET, index, 1)[0]
+            )
+        return x, y
 
     return indexed_stream(make_batch, num_batches, start)
 
