@@ -413,6 +413,10 @@ def test_augmentation_errors_name_the_problem():
         )
     with pytest.raises(TypeError, match=r"`augment` must be .* dict"):
         data.episodes(_blob_source(), 3, 1, 2, 4, augment={"shift": 0.1})
+    with pytest.raises(TypeError, match=r"DeviceEpisodes .*`augment`"):
+        data.DeviceEpisodes(
+            _blob_source(), 3, 1, 2, 4, augment=data.AffineAugmentation()
+        )
     flat = sources.from_arrays(
         np.zeros((16, 5), np.float32), np.arange(16) // 4
     )

@@ -242,7 +242,8 @@ class DeviceEpisodes:
             both).
         device: Where the images live, e.g. `"/GPU:0"`. Defaults to the
             first GPU, else the CPU.
-        **episode_kwargs: `episodes`' `seed`, `rotations` and `group_by`.
+        **episode_kwargs: `episodes`' `seed`, `rotations` and `group_by`
+            (not `augment`: distortions run in `episodes`' pipeline).
 
     Example:
 
@@ -261,6 +262,11 @@ class DeviceEpisodes:
     def __init__(
         self, source, *episode_args, device: str | None = None, **episode_kwargs
     ):
+        if "augment" in episode_kwargs:
+            raise TypeError(
+                "DeviceEpisodes does not distort images: `augment` is an "
+                "argument of tfmaml.data.episodes only."
+            )
         self._sample = _index_sampler(source, *episode_args, **episode_kwargs)
         self.num_shots = self._sample.num_shots
         self.rotations = self._sample.rotations
