@@ -17,6 +17,16 @@ ISA_LIMITS = {
 }
 
 
+def load_config(spec: str):
+    """The config named `module[:variant]` (a module of `tfmaml.configs`,
+    e.g. `omniglot_20way_1shot:maml`)."""
+    import importlib
+
+    module, _, variant = spec.partition(":")
+    config = importlib.import_module(f"tfmaml.configs.{module}")
+    return config.get_config(variant or None)
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS in MiB (`VmHWM`). Not `getrusage`: Linux
     carries a parent's high-water mark into the child it forks."""

@@ -32,15 +32,12 @@ CONFIGS = ("omniglot_5way_1shot", "omniglot_20way_1shot:maml")
 
 def main(argv):
     del argv
-    import importlib
 
     from tfmaml import experiment
 
     rows = []
     for name in CONFIGS:
-        module, _, variant = name.partition(":")
-        config = importlib.import_module(f"tfmaml.configs.{module}")
-        config = config.get_config(variant or None)
+        config = common.load_config(name)
         config.data_dir = FLAGS.data_dir
         start = time.perf_counter()
         splits = experiment.build_splits(config)

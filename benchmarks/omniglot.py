@@ -159,7 +159,6 @@ def main(argv):
     if FLAGS.seeds:
         _seeds_report()
         return
-    import importlib
 
     import keras
     import tensorflow as tf
@@ -187,9 +186,7 @@ def main(argv):
     runs = [(n, p) for n in FLAGS.configs for p in FLAGS.precisions]
     rows = []
     for name, precision in runs:
-        module, _, variant = name.partition(":")
-        config = importlib.import_module(f"tfmaml.configs.{module}")
-        config = config.get_config(variant or None)
+        config = common.load_config(name)
         config.data_dir = FLAGS.data_dir
         config.precision = precision
         keras.config.set_dtype_policy(precision)
@@ -211,9 +208,7 @@ def main(argv):
         results = evaluation.evaluate_adaptation(
             model,
             splits.test,
-            step_counts=(0,)
-            if config.algorithm == "protonet"
-            else tuple(config.eval_step_counts),
+            step_counts=experiment.test_step_counts(config),
             num_tasks=config.eval_tasks,
         )
         eval_seconds = time.perf_counter() - start

@@ -53,16 +53,13 @@ def _value(text):
 
 
 def _run_one(value):
-    import importlib
 
     import keras
 
     from tfmaml import evaluation
     from tfmaml import experiment
 
-    module, _, variant = FLAGS.config.partition(":")
-    config = importlib.import_module(f"tfmaml.configs.{module}")
-    config = config.get_config(variant or None)
+    config = common.load_config(FLAGS.config)
     config.data_dir = FLAGS.data_dir
     for override in FLAGS.set:
         field, _, text = override.partition("=")

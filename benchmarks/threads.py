@@ -59,16 +59,13 @@ FLAGS = flags.FLAGS
 
 def _time_config(spec):
     """Seconds per meta-step (median) of the config's `fit` here."""
-    import importlib
 
     import keras
     import tensorflow as tf
 
     from tfmaml import experiment
 
-    name, _, variant = spec.partition(":")
-    module = importlib.import_module(f"tfmaml.configs.{name}")
-    config = module.get_config(variant or None)
+    config = common.load_config(spec)
     if "data_dir" in config:
         config.data_dir = FLAGS.data_dir
     config.intra_op_threads = 0  # Leave the pool as tfmaml set it.

@@ -106,10 +106,7 @@ def _evaluate_episodes(model, config, test):
     results = evaluation.evaluate_adaptation(
         model,
         test,
-        # A ProtoNet has no inner steps: its one row is "0 steps".
-        step_counts=(0,)
-        if config.get("algorithm") == "protonet"
-        else tuple(config.eval_step_counts),
+        step_counts=experiment.test_step_counts(config),
         num_tasks=config.eval_tasks,
     )
     table = evaluation.format_results(results)

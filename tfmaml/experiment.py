@@ -347,6 +347,18 @@ def checkpoint_monitor(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return ("val_return", "max") if is_rl(config) else ("val_loss", "min")
 
 
+def test_step_counts(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The inner step counts a test evaluation reports:
+    `config.eval_step_counts`, or `(0,)` for a ProtoNet (no inner steps).
+
+    Args:
+        config: An image or sinusoid config.
+    """
+    if config.get("algorithm") == "protonet":
+        return (0,)
+    return tuple(config.eval_step_counts)
+
+
 def early_stopping(
     config: ml_collections.ConfigDict,
 ) -> list[keras.callbacks.Callback]:

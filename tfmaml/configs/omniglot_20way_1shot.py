@@ -1,6 +1,7 @@
-"""Omniglot 20-way 1-shot: the recipe that reaches the accuracy the learning
-quality issue asks for on the subset split (five training alphabets), and
-MAML's settings beside it.
+"""Omniglot 20-way 1-shot: the best recipe measured so far for the subset
+split (five training alphabets; 81.8% on random and 70.5% on
+within-alphabet episodes of unseen alphabets over 3 seeds, below the
+learning-quality issue's 90%), and MAML's settings beside it.
 
 Launch (the recipe; `saved_models/omniglot_20way_1shot/` is its export):
   python -m tfmaml.train --config=configs/omniglot_20way_1shot.py \
