@@ -239,4 +239,4 @@ def _format(result):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -17,6 +17,18 @@ ISA_LIMITS = {
 }
 
 
+def run(main) -> None:
+    """`absl.app.run(main)`, with tfmaml imported before anything loads
+    TensorFlow: a benchmark runs with tfmaml's runtime defaults (oneDNN on,
+    one thread per op: `tfmaml.runtime`), as a user who imports it first,
+    and so do the processes it starts (the variables are inherited)."""
+    from absl import app
+
+    import tfmaml  # noqa: F401
+
+    app.run(main)
+
+
 def load_config(spec: str):
     """The config named `module[:variant]` (a module of `tfmaml.configs`,
     e.g. `omniglot_20way_1shot:maml`)."""

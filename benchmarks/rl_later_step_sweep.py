@@ -17,7 +17,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import common  # noqa: E402
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.DEFINE_string("workdir", "workdirs/navigation2d", "The trained run.")
@@ -64,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

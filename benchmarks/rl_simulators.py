@@ -289,4 +289,4 @@ def report_speed(config, splits):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    common.run(main)

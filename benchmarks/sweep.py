@@ -26,7 +26,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import common  # noqa: E402
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 DEFAULT_DATA = (
@@ -147,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

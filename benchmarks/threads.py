@@ -1,11 +1,15 @@
-"""Meta-training speed with TensorFlow's thread pools as tfmaml leaves them.
+"""Meta-training speed with TensorFlow's runtime as tfmaml leaves it.
 
 TensorFlow's intra-op pool (threads that split one op) is fixed before it
-runs anything, so tfmaml can only choose it at import. This measures, per
-config, meta-steps per second of `model.fit` in fresh processes with the
-intra-op pool at TensorFlow's default (one thread per core) and at one
-thread per op (tasks side by side through the inter-op pool), so the
-library's default rests on numbers. Each process runs the config's own
+runs anything, and its oneDNN switch as it is imported, so tfmaml can only
+choose them at import (`tfmaml.runtime`). This measures, per config,
+seconds per meta-step of `model.fit` in fresh processes with one setting
+(`--knob`) at TensorFlow's default and at tfmaml's, so the library's
+default rests on numbers: `threads`, the intra-op pool at TensorFlow's
+default (one thread per core) vs one thread per op (tasks side by side
+through the inter-op pool); `onednn`, `TF_ENABLE_ONEDNN_OPTS=0` vs `=1`
+(TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16
+or AMX, so on others the two differ). Each process runs the config's own
 training stream and model, `--warmup` untimed meta-steps (tracing), then
 the median of `--steps` timed ones; rounds alternate the settings so a
 drift of the machine hits both.
@@ -15,8 +19,8 @@ drift of the machine hits both.
 
 Usage:
   python benchmarks/threads.py [--configs=sinusoid,omniglot_5way_1shot,...]
-      [--rounds=2] [--steps=10] [--warmup=3] [--isa=native,avx2]
-      [--data_dir=DIR]
+      [--knob=threads|onednn] [--rounds=2] [--steps=10] [--warmup=3]
+      [--isa=native,avx2] [--data_dir=DIR]
 """
 
 import json
@@ -36,8 +40,19 @@ from absl import flags  # noqa: E402
 DEFAULT_DATA = (
     pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
 )
-# The environment variable tfmaml reads at import (see tfmaml.runtime).
-SETTINGS = {"TensorFlow's default": "0", "1 thread/op": "1"}
+# Per knob: TensorFlow's default, then tfmaml's, as the environment of the
+# process (variables read at import, see tfmaml.runtime).
+KNOBS = {
+    "threads": {
+        "TensorFlow's default": {"TFMAML_INTRA_OP_THREADS": "0"},
+        "1 thread/op": {"TFMAML_INTRA_OP_THREADS": "1"},
+    },
+    "onednn": {
+        "oneDNN off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+        "oneDNN on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    },
+}
+flags.DEFINE_enum("knob", "threads", list(KNOBS), "The setting compared.")
 flags.DEFINE_list(
     "configs",
     [
@@ -64,6 +79,7 @@ def _time_config(spec):
     import tensorflow as tf
 
     from tfmaml import experiment
+    from tfmaml import runtime
 
     config = common.load_config(spec)
     if "data_dir" in config:
@@ -94,6 +110,7 @@ def _time_config(spec):
     return {
         "seconds": statistics.median(times[FLAGS.warmup :]),
         "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "onednn": runtime.onednn_enabled(),
     }
 
 
@@ -107,16 +124,17 @@ def main(argv):
         raise app.UsageError(
             f"Unknown --isa {unknown}: use {list(common.ISA_LIMITS)}"
         )
+    settings = KNOBS[FLAGS.knob]
     rows = []
     for isa in FLAGS.isa:
         for spec in FLAGS.configs:
-            seconds = {label: [] for label in SETTINGS}
+            seconds = {label: [] for label in settings}
             for _ in range(FLAGS.rounds):
-                for label, threads in SETTINGS.items():
+                for label, environment in settings.items():
                     env = {
                         **os.environ,
                         **common.ISA_LIMITS[isa],
-                        "TFMAML_INTRA_OP_THREADS": threads,
+                        **environment,
                     }
                     args = [a for a in sys.argv[1:] if "--child" not in a]
                     output = subprocess.run(
@@ -129,7 +147,7 @@ def main(argv):
                     result = json.loads(output.strip().splitlines()[-1])
                     seconds[label].append(result["seconds"])
                     print(spec, isa, label, result, flush=True)
-            default, one = (statistics.median(s) for s in seconds.values())
+            default, chosen = (statistics.median(s) for s in seconds.values())
             rows.append(
                 (
                     isa,
@@ -138,20 +156,21 @@ def main(argv):
                         " / ".join(f"{s:.4g}" for s in rounds)
                         for rounds in seconds.values()
                     ),
-                    f"{default / one:.2f}x",
+                    f"{default / chosen:.2f}x",
                 )
             )
+    default, chosen = settings
     common.print_report(
         (
             "ISA",
             "config",
-            "s / meta-step, TensorFlow's default (rounds)",
-            "s / meta-step, 1 thread/op (rounds)",
-            "speed-up of 1 thread/op (medians)",
+            f"s / meta-step, {default} (rounds)",
+            f"s / meta-step, {chosen} (rounds)",
+            f"speed-up of {chosen} (medians)",
         ),
         rows,
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

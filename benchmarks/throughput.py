@@ -52,7 +52,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import common  # noqa: E402
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 TORCH_SCRIPT = (
@@ -89,10 +88,16 @@ VARIANTS = {
     "map, TensorFlow's thread default": dict(
         task_loop="map", environment={"TFMAML_INTRA_OP_THREADS": "0"}
     ),
+    # Before tfmaml turned oneDNN on at import (tfmaml.runtime): what
+    # TensorFlow does by itself on CPUs without AVX-512 VNNI/BF16 or AMX.
+    "map, oneDNN off": dict(
+        task_loop="map", environment={"TF_ENABLE_ONEDNN_OPTS": "0"}
+    ),
 }
 DEFAULT_VARIANTS = (
     "map",
     "map, TensorFlow's thread default",
+    "map, oneDNN off",
     "map, 1 thread/op, bfloat16",
     "unrolled, 1 thread/op",
 )
@@ -586,4 +591,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

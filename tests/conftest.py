@@ -8,6 +8,11 @@ import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Before Keras loads TensorFlow: the tests run with tfmaml's runtime
+# defaults (oneDNN on, one thread per op), as a user who imports it first.
+import tfmaml  # noqa: E402, F401
+
+# isort: split
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

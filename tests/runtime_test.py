@@ -1,6 +1,8 @@
-"""tfmaml's thread default: one thread per op, set at import unless chosen."""
+"""tfmaml's runtime defaults, set at import unless chosen: TensorFlow's
+oneDNN kernels on (x86), one thread per op."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -61,3 +63,61 @@ def test_a_bad_value_is_named(value):
     assert result.returncode != 0
     assert "TFMAML_INTRA_OP_THREADS must be an integer >= 0" in result.stderr
     assert repr(value) in result.stderr
+
+
+ONEDNN_STATE = (
+    "from tensorflow.python.util import _pywrap_util_port as port; "
+    "print(port.IsMklEnabled())"
+)
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _run(code, **environment):
+    """Runs `code` in a fresh Python without the user's oneDNN choice;
+    returns its result (stdout, stderr)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    env.update(environment)
+    result = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def _onednn_after(code, **environment):
+    output = _run(code + "; " + ONEDNN_STATE, **environment).stdout
+    return output.split()[-1] == "True"
+
+
+def test_importing_tfmaml_first_turns_onednn_on():
+    # TensorFlow's own choice depends on the CPU (on only with AVX-512
+    # VNNI/BF16 or AMX); tfmaml's is on, on every x86 CPU.
+    assert _onednn_after("import tfmaml") == X86
+    # The variable reaches processes tfmaml's users start (data workers,
+    # the benchmarks' rows).
+    code = "import os, tfmaml; print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))"
+    assert _run(code).stdout.split()[-1] == ("1" if X86 else "None")
+
+
+def test_the_users_onednn_choice_is_kept():
+    assert not _onednn_after("import tfmaml", TF_ENABLE_ONEDNN_OPTS="0")
+    assert _onednn_after("import tfmaml", TF_ENABLE_ONEDNN_OPTS="1") == X86
+
+
+def test_tensorflow_imported_first_warns_only_if_onednn_is_off():
+    code = (
+        "import tensorflow; "
+        "from tensorflow.python.util import _pywrap_util_port as port; "
+        "off = not port.IsMklEnabled(); import tfmaml; print(off)"
+    )
+    result = _run(code)
+    off = result.stdout.split()[-1] == "True"
+    warned = "TF_ENABLE_ONEDNN_OPTS=1 in the environment" in result.stderr
+    assert warned == (off and X86), result.stderr[-2000:]
+    # Asking for it off is a choice: no warning.
+    result = _run(code, TF_ENABLE_ONEDNN_OPTS="0")
+    assert "TF_ENABLE_ONEDNN_OPTS=1" not in result.stderr

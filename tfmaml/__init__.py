@@ -9,8 +9,11 @@ console.divert_native_stderr()
 # ruff: noqa: E402
 from tfmaml import runtime
 
-# Before TensorFlow runs anything: one thread per op (tfmaml.runtime).
+# Before TensorFlow loads: its oneDNN kernels on every x86 CPU; before it
+# runs anything: one thread per op (tfmaml.runtime).
+runtime.request_onednn()
 runtime.set_default_threads()
+runtime.warn_if_onednn_off()
 
 from tfmaml import data
 from tfmaml import inner_loop
