@@ -220,11 +220,14 @@ def test_batch_normalization_matches_keras_forward_in_training_mode():
     np.testing.assert_allclose(ours(x, training=False), ours(x), atol=0)
 
 
-def test_fused_batch_normalization_has_the_exact_second_derivative():
-    # Float32 runs TensorFlow's fused kernel; float64 the composed ops,
-    # whose meta-gradient the finite-difference tests check.
+@pytest.mark.parametrize("shift", [0.0, 5.0])
+def test_fused_batch_normalization_has_the_exact_second_derivative(shift):
+    # Float32 runs TensorFlow's fused kernels and differentiates their
+    # backward pass in closed form (tfmaml.batch_norm.fused_batch_norm);
+    # float64 the composed ops, whose meta-gradient the finite-difference
+    # tests check. A shifted input checks that nothing cancels.
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(6, 5, 5, 3))
+    x = rng.normal(size=(6, 5, 5, 3)) + shift
     upstream = rng.normal(size=(6, 5, 5, 3))
 
     def second_derivatives(dtype):
