@@ -2,13 +2,15 @@
 
 oneDNN. TensorFlow's x86 build carries oneDNN's convolution kernels but
 turns them on by default only on CPUs with AVX-512 VNNI or BF16 or AMX;
-on an AVX2-only CPU it runs its own (Eigen) kernels. Conv4's meta-step
-with oneDNN took 0.70x the time (W1) and 0.56x (W3) on a 2-core AVX2-only
-AMD EPYC (`benchmarks/throughput.py`, `benchmarks/threads.py
---knob=onednn`; RESULTS.md). TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once,
-as it is imported, so `request_onednn` sets it before tfmaml imports
-TensorFlow, unless the user set it (their value stands) or TensorFlow was
-imported first (then `warn_if_onednn_off` says how to turn it on).
+on an AVX2-only CPU it runs its own (Eigen) kernels. On a 2-core
+AVX2-only AMD EPYC, oneDNN made Conv4's meta-step 1.75x (W1), 1.28x (W2)
+and 1.85x (W3) faster, and `fit` 1.37x to 1.86x on the sinusoid, Omniglot
+and 2D-navigation configs (`benchmarks/throughput.py`,
+`benchmarks/threads.py --knob=onednn`; RESULTS.md). TensorFlow reads
+`TF_ENABLE_ONEDNN_OPTS` once, as it is imported, so `request_onednn` sets
+it before tfmaml imports TensorFlow, unless the user set it (their value
+stands) or TensorFlow was imported first (then `warn_if_onednn_off` says
+how to turn it on).
 
 Threads. MAML's meta-batch is many small, independent tasks. TensorFlow's
 default gives every op all cores (its intra-op pool), so the small
@@ -72,7 +74,7 @@ def warn_if_onednn_off() -> None:
     warnings.warn(
         "TensorFlow was imported before tfmaml and runs without its oneDNN "
         "kernels (its default on CPUs without AVX-512 VNNI/BF16 or AMX), "
-        "so meta-training here is up to 1.8x slower than it could be. "
+        "so meta-training here is up to 1.9x slower than it could be. "
         f"Set {ONEDNN_VARIABLE}=1 in the environment, or import tfmaml "
         f"before tensorflow and keras ({ONEDNN_VARIABLE}=0 keeps it off "
         "and silences this).",
