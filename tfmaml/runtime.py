@@ -37,6 +37,12 @@ ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 X86 = ("x86_64", "amd64")
 
 
+def _on_x86() -> bool:
+    """Whether this is an x86 CPU, the only kind tfmaml's oneDNN default
+    was measured on."""
+    return platform.machine().lower() in X86
+
+
 def request_onednn() -> bool:
     """Asks TensorFlow for its oneDNN kernels (see the module docstring):
     sets `TF_ENABLE_ONEDNN_OPTS=1` on x86 if the user has not set it and
@@ -45,7 +51,7 @@ def request_onednn() -> bool:
     if (
         ONEDNN_VARIABLE in os.environ
         or "tensorflow" in sys.modules
-        or platform.machine().lower() not in X86
+        or not _on_x86()
     ):
         return False
     os.environ[ONEDNN_VARIABLE] = "1"
@@ -65,11 +71,7 @@ def warn_if_onednn_off() -> None:
     and chose to run without oneDNN on its own (the user did not set
     `TF_ENABLE_ONEDNN_OPTS`): meta-training is then slower than it needs
     to be on this CPU."""
-    if (
-        ONEDNN_VARIABLE in os.environ
-        or platform.machine().lower() not in X86
-        or onednn_enabled()
-    ):
+    if ONEDNN_VARIABLE in os.environ or not _on_x86() or onednn_enabled():
         return
     warnings.warn(
         "TensorFlow was imported before tfmaml and runs without its oneDNN "
