@@ -75,8 +75,12 @@ def conv4(
     """Builds the Conv4 network of the MAML few-shot image experiments.
 
     Four blocks of [3x3 convolution, `BatchNormalization` (this module's,
-    batch statistics), ReLU, 2x2 max-pooling], flattened into a linear
-    head, as in Finn et al. (2017) and Vinyals et al. (2016).
+    batch statistics), 2x2 max-pooling, ReLU], flattened into a linear
+    head: the network of Finn et al. (2017) and Vinyals et al. (2016).
+    They apply ReLU before pooling; ReLU is monotone, so both orders
+    compute the same function and gradients, and pooling first runs ReLU
+    and its gradient on a quarter of the values (2-3% of a second-order
+    meta-step, benchmarks/RESULTS.md).
 
     Args:
         input_shape: The shape of one image, e.g. `(28, 28, 1)`.
@@ -95,8 +99,8 @@ def conv4(
         layers += [
             keras.layers.Conv2D(filters, 3, padding="same", name=f"conv_{i}"),
             BatchNormalization(num_steps=norm_steps, name=f"norm_{i}"),
-            keras.layers.ReLU(name=f"relu_{i}"),
             keras.layers.MaxPooling2D(2, name=f"pool_{i}"),
+            keras.layers.ReLU(name=f"relu_{i}"),
         ]
     layers.append(keras.layers.Flatten(name="flatten"))
     if output_units is not None:  # None: the embedding (ProtoNet's).
