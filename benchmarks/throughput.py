@@ -16,6 +16,11 @@ loop, as learn2learn does) on each workload in the same run and prints the
 ratio; it first checks that both frameworks give the same meta-loss and
 meta-gradient for the same weights and batch.
 
+`--rounds=N` repeats every workload's rows N times, interleaved, PyTorch
+first in odd rounds and last in even ones, and prints each round's ratio to
+that round's PyTorch row with their median and lowest: a shared VM's speed
+drifts by 10-20% over tens of minutes, more than a single run can separate.
+
 `--isa=native,avx2` runs every row once per instruction-set level, in one
 run: `avx2` caps both frameworks' kernels at AVX2 on an AVX-512 machine
 (`ONEDNN_MAX_CPU_ISA=AVX2` for oneDNN, used by TensorFlow and PyTorch;
@@ -37,7 +42,7 @@ from /proc/cpuinfo (`--flop_per_cycle` overrides it).
 Usage:
   python benchmarks/throughput.py [--workloads=W1,W2,W3] [--variants=...]
       [--compare-torch] [--torch_maps=loop] [--isa=native,avx2]
-      [--steps=6] [--warmup=2]
+      [--rounds=1] [--steps=6] [--warmup=2]
 """
 
 import json
@@ -116,6 +121,12 @@ flags.DEFINE_integer(
     "flop_per_cycle", 0, "FP32 FLOP per cycle per core (0: from the CPU)."
 )
 flags.DEFINE_integer("steps", 6, "Timed meta-steps per row.")
+flags.DEFINE_integer(
+    "rounds",
+    1,
+    "Repeats of every workload's rows, interleaved (PyTorch first in odd "
+    "rounds, last in even ones); each ratio is to the same round's PyTorch.",
+)
 flags.DEFINE_integer("warmup", 2, "Untimed meta-steps first (tracing).")
 flags.DEFINE_string("child", None, "Internal: run one row (JSON).")
 FLAGS = flags.FLAGS
@@ -477,12 +488,73 @@ def _torch_row(workload, mapping, isa):
     }
 
 
-def _row(isa, name, peak, implementation, result, ratio, seconds="", trace=""):
+def _workload_rows(isa, peak, name, variants, compare, round_, ratios):
+    """One round of a workload: PyTorch's rows (first in odd rounds, last
+    in even ones, so drift of the machine does not favour either side) and
+    tfmaml's; each tfmaml/PyTorch ratio goes to `ratios`."""
+    workload, rows, results = WORKLOADS[name], [], {}
+    mappings = FLAGS.torch_maps if compare else []
+    order = [("torch", m) for m in mappings] + [("tfmaml", v) for v in variants]
+    if round_ % 2:
+        order.reverse()
+    for kind, which in order:
+        if kind == "torch":
+            results[which] = _torch_row(workload, which, isa)
+            continue
+        spec = {
+            "workload": name,
+            "variant": which,
+            "steps": FLAGS.steps,
+            "warmup": FLAGS.warmup,
+        }
+        arguments = [sys.executable, __file__, "--child", json.dumps(spec)]
+        try:
+            environment = VARIANTS[which].get("environment")
+            results[which] = json.loads(_spawn(arguments, isa, environment)[-1])
+        except RuntimeError as error:
+            print(f"{name} {which}: failed: {error}", flush=True)
+    torch_rate = results.get("loop", {}).get("tasks_per_second")
+    for mapping in mappings:
+        label = f"PyTorch torch_maml.py --map {mapping}"
+        ratio = "1.00x" if mapping == "loop" else ""
+        rows.append(
+            _row(isa, round_, name, peak, label, results[mapping], ratio)
+        )
+    for variant in variants:
+        if variant not in results:
+            continue
+        result, ratio = results[variant], ""
+        if torch_rate:
+            value = result["tasks_per_second"] / torch_rate
+            ratios.setdefault((isa, name, variant), []).append(value)
+            ratio = f"{value:.2f}x"
+        rows.append(
+            _row(
+                isa,
+                round_,
+                name,
+                peak,
+                f"tfmaml {variant}",
+                result,
+                ratio,
+                f"{result['seconds']:.3f}",
+                f"{result['trace']:.0f}",
+            )
+        )
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def _row(
+    isa, round_, name, peak, implementation, result, ratio, seconds="", trace=""
+):
     """A table row: the rate, and the FLOP rate it stands for."""
     rate = result["tasks_per_second"]
     gflops = rate * flops_per_task(WORKLOADS[name]) / 1e9
     return (
         isa,
+        str(round_ + 1),
         name,
         implementation,
         seconds,
@@ -518,60 +590,22 @@ def main(argv):
     if unknown:
         raise ValueError(f"Unknown --variants {unknown}: use {list(VARIANTS)}")
     compare = FLAGS["compare-torch"].value
-    rows, peaks = [], {}
+    if FLAGS.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {FLAGS.rounds}")
+    rows, peaks, ratios = [], {}, {}
     for isa in FLAGS.isa:
         peak, peaks[isa] = machine_peak(isa)
-        for name in FLAGS.workloads:
-            workload = WORKLOADS[name]
-
-            torch_rates = {}
-            if compare:
-                if isa == FLAGS.isa[0]:
-                    _check_against_torch(name, workload)
-                for mapping in FLAGS.torch_maps:
-                    result = _torch_row(workload, mapping, isa)
-                    torch_rates[mapping] = result["tasks_per_second"]
-                    label = f"PyTorch torch_maml.py --map {mapping}"
-                    ratio = "1.00x" if mapping == "loop" else ""
-                    rows.append(_row(isa, name, peak, label, result, ratio))
-                    print(rows[-1], flush=True)
-            for variant in variants:
-                spec = {
-                    "workload": name,
-                    "variant": variant,
-                    "steps": FLAGS.steps,
-                    "warmup": FLAGS.warmup,
-                }
-                arguments = [
-                    sys.executable, __file__, "--child", json.dumps(spec)
-                ]  # fmt: skip
-                try:
-                    environment = VARIANTS[variant].get("environment")
-                    result = json.loads(_spawn(arguments, isa, environment)[-1])
-                except RuntimeError as error:
-                    print(f"{name} {variant}: failed: {error}", flush=True)
-                    continue
-                ratio = (
-                    f"{result['tasks_per_second'] / torch_rates['loop']:.2f}x"
-                    if "loop" in torch_rates
-                    else ""
+        for round_ in range(FLAGS.rounds):
+            for name in FLAGS.workloads:
+                if compare and isa == FLAGS.isa[0] and round_ == 0:
+                    _check_against_torch(name, WORKLOADS[name])
+                rows += _workload_rows(
+                    isa, peak, name, variants, compare, round_, ratios
                 )
-                rows.append(
-                    _row(
-                        isa,
-                        name,
-                        peak,
-                        f"tfmaml {variant}",
-                        result,
-                        ratio,
-                        f"{result['seconds']:.3f}",
-                        f"{result['trace']:.0f}",
-                    )
-                )
-                print(rows[-1], flush=True)
     common.print_report(
         (
             "ISA",
+            "round",
             "workload",
             "implementation",
             "s / meta-step (median)",
@@ -583,6 +617,18 @@ def main(argv):
         ),
         rows,
     )
+    if ratios and FLAGS.rounds > 1:
+        print()
+        common.print_report(
+            ("ISA", "workload", "implementation", "vs PyTorch, by round",
+             "median", "lowest"),
+            [
+                (isa, name, f"tfmaml {variant}",
+                 " / ".join(f"{r:.2f}x" for r in values),
+                 f"{statistics.median(values):.2f}x", f"{min(values):.2f}x")
+                for (isa, name, variant), values in ratios.items()
+            ],
+        )  # fmt: skip
     for isa, description in peaks.items():
         print(f"FP32 peak at {isa}: {description}")
     for name in FLAGS.workloads:
