@@ -95,6 +95,12 @@ def _meta_gradient(model, episode, steps, first_order=False):
 
 
 def _finite_difference_gradient(model, episode, steps, epsilon=1e-6):
+    # The meta-loss is traced once and re-run for every perturbation (it
+    # reads the variables when it runs): the same maths as eager, in a
+    # tenth of the time.
+    meta_loss = tf.function(
+        lambda: _meta_loss(model, episode, steps, False), jit_compile=False
+    )
     gradients = []
     for variable in model.trainable_variables:
         original = np.array(variable.numpy())  # 0-d for scalars.
@@ -105,7 +111,7 @@ def _finite_difference_gradient(model, episode, steps, epsilon=1e-6):
                 perturbed = original.copy()
                 perturbed[index] += sign * epsilon
                 variable.assign(perturbed)
-                values.append(float(_meta_loss(model, episode, steps, False)))
+                values.append(float(meta_loss()))
             gradient[index] = (values[0] - values[1]) / (2 * epsilon)
         variable.assign(original)
         gradients.append(gradient)
