@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_test import _central_differences
 
 import tfmaml
 from tfmaml import prototypes
@@ -205,21 +206,7 @@ def test_proto_maml_meta_gradient_matches_finite_differences(float64):
         np.zeros(v.shape) if g is None else g.numpy()
         for v, g in zip(variables, tape.gradient(loss, variables), strict=True)
     ]
-    traced = tf.function(meta_loss, jit_compile=False)  # Traced once.
-    numeric = []
-    for variable in variables:
-        original = variable.numpy().copy()
-        gradient = np.zeros_like(original)
-        for index in np.ndindex(original.shape):
-            values = []
-            for sign in (1.0, -1.0):
-                perturbed = original.copy()
-                perturbed[index] += sign * 1e-6
-                variable.assign(perturbed)
-                values.append(float(traced()))
-            gradient[index] = (values[0] - values[1]) / 2e-6
-        variable.assign(original)
-        numeric.append(gradient)
+    numeric = _central_differences(meta_loss, variables)
     flat = [np.concatenate([a.ravel() for a in g]) for g in (analytic, numeric)]
     error = np.linalg.norm(flat[0] - flat[1]) / np.linalg.norm(flat[1])
     assert error < 1e-6
