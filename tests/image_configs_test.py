@@ -189,3 +189,22 @@ def test_wider_training_episodes_and_augmentation_reach_the_training_stream(
     config.algorithm, config.train_num_ways = "maml", 8
     with pytest.raises(ValueError, match=r"train_num_ways=8 differs .*'maml'"):
         experiment.build_splits(config)
+
+
+def test_the_validation_alphabet_field_reaches_the_omniglot_split():
+    from configs import omniglot_20way_1shot
+    from tfmaml import image_tasks
+
+    config = omniglot_20way_1shot.get_config("smoke")
+    config.data_dir = str(
+        pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
+    )
+    fifth = image_tasks._load_classes(config).validation.class_names
+    config.validation_alphabet = "Korean"
+    held_out = image_tasks._load_classes(config)
+    assert {n.split("/")[0] for n in held_out.validation.class_names} == {
+        "Korean"
+    }
+    assert len(held_out.validation.class_names) == 40
+    assert "Korean" not in {n.split("/")[0] for n in held_out.train.class_names}
+    assert {n.split("/")[0] for n in fifth} != {"Korean"}

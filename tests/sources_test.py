@@ -91,6 +91,29 @@ def test_the_subsets_split_is_by_alphabet_and_disjoint(omniglot):
         assert set(split.metadata["alphabet"]) == alphabets
 
 
+def test_a_held_out_alphabet_is_the_whole_validation_split(omniglot):
+    splits = sources.omniglot_splits(
+        omniglot, split="subsets", validation_alphabet="Balinese"
+    )
+    alphabet = np.array([n.split("/")[0] for n in omniglot.class_names])
+    balinese = set(np.array(omniglot.class_names)[alphabet == "Balinese"])
+    assert set(splits.validation.class_names) == balinese
+    assert len(balinese) == 24
+    # The other four train on all their characters; the test is unchanged.
+    train = set(splits.train.class_names)
+    assert {n.split("/")[0] for n in train} == SMALL1_ALPHABETS - {"Balinese"}
+    assert len(train) == 136 - 24
+    assert splits.test.class_names == (
+        sources.omniglot_splits(omniglot, split="subsets").test.class_names
+    )
+    with pytest.raises(ValueError, match="'Sanskrit' is not a training"):
+        sources.omniglot_splits(omniglot, validation_alphabet="Sanskrit")
+    names = [f"Alphabet{i // 40}/character{i % 40:02d}" for i in range(1623)]
+    full = sources.from_arrays(np.zeros((1623, 2, 2, 1), np.uint8), names)
+    with pytest.raises(ValueError, match="'maml' split draws"):
+        sources.omniglot_splits(full, validation_alphabet="Alphabet0")
+
+
 def test_the_maml_split_of_1623_characters():
     names = [f"Alphabet{i // 40}/character{i % 40:02d}" for i in range(1623)]
     images = np.zeros((1623, 2, 2, 1), np.uint8)

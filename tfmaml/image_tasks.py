@@ -38,7 +38,10 @@ def _omniglot(config):
     else:
         source = data.sources.omniglot_from_tfds()
     return data.sources.omniglot_splits(
-        source, split=config.split, seed=config.seed + 1
+        source,
+        split=config.split,
+        seed=config.seed + 1,
+        validation_alphabet=config.get("validation_alphabet", ""),
     )
 
 
@@ -98,9 +101,15 @@ def grouped_test(
 
 
 @functools.lru_cache(maxsize=1)
-def _load_cached(task, data_dir, split, seed):
+def _load_cached(task, data_dir, split, seed, validation_alphabet):
     config = ml_collections.ConfigDict(
-        {"task": task, "data_dir": data_dir, "split": split, "seed": seed}
+        {
+            "task": task,
+            "data_dir": data_dir,
+            "split": split,
+            "seed": seed,
+            "validation_alphabet": validation_alphabet,
+        }
     )
     return IMAGE_SOURCES[task].load(config)
 
@@ -109,7 +118,11 @@ def _load_classes(config):
     """The config's class splits, loaded once for both test streams (the
     last config's are kept in memory)."""
     return _load_cached(
-        config.task, config.data_dir, config.get("split", "auto"), config.seed
+        config.task,
+        config.data_dir,
+        config.get("split", "auto"),
+        config.seed,
+        config.get("validation_alphabet", ""),
     )
 
 

@@ -38,7 +38,7 @@ def omniglot_config(
 ) -> ml_collections.ConfigDict:
     """The Omniglot config (see the module docstring); `inner_lr` is on
     the mean cross-entropy."""
-    return few_shot_config(
+    config = few_shot_config(
         task="omniglot",
         name=f"omniglot_{num_ways}way_{num_shots}shot",
         num_ways=num_ways,
@@ -53,3 +53,8 @@ def omniglot_config(
         rotations=True,
         arg=arg,
     )
+    # A training alphabet held out whole for validation (the subsets split;
+    # `tfmaml.data.sources.omniglot_splits`); empty: a fifth of the
+    # training characters.
+    config.validation_alphabet = ""
+    return config
