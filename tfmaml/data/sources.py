@@ -9,7 +9,6 @@ mini-ImageNet directory with the Ravi and Larochelle split CSVs.
 """
 
 import csv
-import hashlib
 import os
 import tarfile
 import zipfile
@@ -20,6 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+
+from tfmaml.data.files import check_sha256
+from tfmaml.data.files import decode_image
 
 # The official archives' SHA-256 sums, as TFDS registers them for its
 # `omniglot` builder (tensorflow_datasets/url_checksums/omniglot.txt).
@@ -266,7 +268,7 @@ def omniglot_from_archives(
     seen = set()
     for archive in present:
         path = os.path.join(directory, archive)
-        _check_sha256(path, expected_sha256[archive])
+        check_sha256(path, expected_sha256[archive])
         with zipfile.ZipFile(path) as zipped:
             for member in sorted(zipped.namelist()):
                 parts = member.split("/")
@@ -344,11 +346,9 @@ def omniglot_splits(
       alphabets of small2 that small1 lacks (Japanese_(katakana), Sanskrit,
       Tagalog); the other alphabets (small1's five) train, with a fifth
       of their characters, picked with `seed`, held out for validation
-      (enough for 20-way episodes). With `validation_alphabet`, that whole
-      training alphabet is the validation split instead and the others
-      train on all their characters: validation then measures what the
-      test does, generalisation to an alphabet never seen (characters of
-      a training alphabet score several points higher).
+      (enough for 20-way episodes), or `validation_alphabet` whole (the
+      others train on all their characters): validation then scores an
+      alphabet never trained on, as the test does.
     - `"auto"`: `"maml"` when all 1623 characters are there, else
       `"subsets"`.
 
@@ -358,14 +358,12 @@ def omniglot_splits(
             1623 characters are there).
         seed: Seeds the MAML split's shuffle and the subsets split's
             validation fifth.
-        validation_alphabet: For the subsets split, a training alphabet
-            held out whole for validation; empty for a fifth of the
-            characters. Defaults to `""`.
+        validation_alphabet: The subsets split's validation alphabet;
+            `""` for a fifth of the characters. Defaults to `""`.
 
     Raises:
-        ValueError: If `split` is unknown, the characters do not fit it, or
-            `validation_alphabet` is not one of the training alphabets (or
-            is given with the MAML split).
+        ValueError: If `split` is unknown, the characters do not fit it,
+            or `validation_alphabet` is not a training alphabet of it.
     """
     names = np.array(source.class_names)
     rng = np.random.default_rng(seed)
@@ -373,10 +371,8 @@ def omniglot_splits(
         split = "maml" if len(names) == 1623 else "subsets"
     if validation_alphabet and split != "subsets":
         raise ValueError(
-            "`validation_alphabet` holds out a training alphabet of the "
-            f"subsets split; the {split!r} split draws its validation "
-            f"characters at random. Received: split={split!r}, "
-            f"validation_alphabet={validation_alphabet!r}"
+            f"validation_alphabet={validation_alphabet!r} needs the subsets "
+            f"split; the {split!r} split draws its validation characters."
         )
     if split == "maml":
         if len(names) != 1623:
@@ -401,18 +397,15 @@ def omniglot_splits(
                 f"{sorted(set(alphabets))}"
             )
         rest = names[~is_test]
-        if validation_alphabet:
-            training_alphabets = sorted(set(alphabets[~is_test]))
-            if validation_alphabet not in training_alphabets:
-                raise ValueError(
-                    f"validation_alphabet={validation_alphabet!r} is not a "
-                    "training alphabet of the subsets split; expected one "
-                    f"of {training_alphabets}."
-                )
-            is_validation = alphabets[~is_test] == validation_alphabet
-        else:
+        is_validation = alphabets[~is_test] == validation_alphabet
+        if validation_alphabet and not is_validation.any():
+            raise ValueError(
+                f"validation_alphabet={validation_alphabet!r} is not a "
+                "training alphabet of the subsets split; expected one of "
+                f"{sorted(set(alphabets[~is_test]))}."
+            )
+        if not validation_alphabet:
             held_out = rng.permutation(len(rest))[: max(1, len(rest) // 5)]
-            is_validation = np.zeros(len(rest), bool)
             is_validation[held_out] = True
         parts = rest[~is_validation], rest[is_validation], names[is_test]
     else:
@@ -565,7 +558,7 @@ def mini_imagenet_splits(
                     f"{csv_name}) is missing."
                 )
             with open(image_path, "rb") as f:
-                image = _decode_image(f.read(), image_path, channels=3)
+                image = decode_image(f.read(), image_path, channels=3)
             images.append(
                 tf.cast(
                     tf.image.resize(
@@ -585,33 +578,8 @@ def mini_imagenet_splits(
     return Splits(*splits)
 
 
-def _check_sha256(path, expected):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        raise ValueError(
-            f"Archive {path!r} has SHA-256 {digest.hexdigest()}, but the "
-            f"published sum is {expected}: the file is corrupt or not the "
-            "official archive. Download it again."
-        )
-
-
-def _decode_image(data, where, *, channels):
-    try:
-        return tf.io.decode_image(
-            data, channels=channels, expand_animations=False
-        )
-    except (tf.errors.InvalidArgumentError, ValueError) as error:
-        message = getattr(error, "message", str(error))
-        raise ValueError(
-            f"Cannot decode the image {where}: {message}"
-        ) from None
-
-
 def _decode_png(data, where):
-    image = _decode_image(data, where, channels=1).numpy()
+    image = decode_image(data, where, channels=1).numpy()
     if image.shape != OMNIGLOT_IMAGE_SHAPE:
         raise ValueError(
             f"Omniglot image {where} has shape {image.shape}; expected "
