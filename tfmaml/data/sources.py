@@ -397,15 +397,17 @@ def omniglot_splits(
                 f"{sorted(set(alphabets))}"
             )
         rest = names[~is_test]
-        is_validation = alphabets[~is_test] == validation_alphabet
-        if validation_alphabet and not is_validation.any():
-            raise ValueError(
-                f"validation_alphabet={validation_alphabet!r} is not a "
-                "training alphabet of the subsets split; expected one of "
-                f"{sorted(set(alphabets[~is_test]))}."
-            )
-        if not validation_alphabet:
+        if validation_alphabet:
+            is_validation = alphabets[~is_test] == validation_alphabet
+            if not is_validation.any():
+                raise ValueError(
+                    f"validation_alphabet={validation_alphabet!r} is not a "
+                    "training alphabet of the subsets split; expected one "
+                    f"of {sorted(set(alphabets[~is_test]))}."
+                )
+        else:
             held_out = rng.permutation(len(rest))[: max(1, len(rest) // 5)]
+            is_validation = np.zeros(len(rest), bool)
             is_validation[held_out] = True
         parts = rest[~is_validation], rest[is_validation], names[is_test]
     else:
