@@ -35,9 +35,13 @@ differentiating an inner step's backward pass (second order) costs twice
 that step again: 9F per support image and inner step in second order, 3F
 in first order, 3F per query image. W1 is 270F = 5.3 GFLOP a task. The
 peak is cores x clock x FP32 FLOP per cycle per core (two FMA units of
-8 lanes, x2 for the multiply-add: 32 with AVX2; 64 with AVX-512 on Intel,
-32 on AMD, whose Zen 4 runs a 512-bit FMA as two 256-bit halves), read
-from /proc/cpuinfo (`--flop_per_cycle` overrides it).
+8 lanes, x2 for the multiply-add: 32 with AVX2; 64 with AVX-512 on Intel
+and on AMD's Zen 5 (cpu family 26), 32 on Zen 4 (family 25), which runs a
+512-bit FMA as two 256-bit halves), read from /proc/cpuinfo
+(`--flop_per_cycle` overrides it; Zen 5's mobile parts, which also split
+512-bit FMAs, need `--flop_per_cycle=32`). The clock is the one
+/proc/cpuinfo reports, which in a VM may sit below the boost clock the
+cores run at: a share above 100% says so.
 
 Usage:
   python benchmarks/throughput.py [--workloads=W1,W2,W3] [--variants=...]
@@ -165,9 +169,11 @@ def machine_peak(isa):
     ghz = float(fields.get("cpu MHz", "nan")) / 1000
     cores = len(os.sched_getaffinity(0))
     avx512 = "avx512f" in cpu_flags and isa != "avx2"
-    per_cycle = FLAGS.flop_per_cycle or (
-        64 if avx512 and "AuthenticAMD" not in fields.get("vendor_id") else 32
-    )
+    amd = "AuthenticAMD" in fields.get("vendor_id", "")
+    # Zen 4 (family 25) splits a 512-bit FMA into two 256-bit halves; Zen 5
+    # (family 26) server and desktop cores run it at full width.
+    full_width = not amd or int(fields.get("cpu family", 0)) >= 26
+    per_cycle = FLAGS.flop_per_cycle or (64 if avx512 and full_width else 32)
     level = "AVX-512" if avx512 else "AVX2" if "avx2" in cpu_flags else "?"
     description = (
         f"{fields.get('model name')}, {level}: {cores} cores x {ghz:.2f} GHz "
