@@ -1,4 +1,5 @@
-"""Episode sampling: layout, the sampling contract, rotations, errors."""
+"""Episode sampling: layout, the sampling contract, rotations and
+reflections, errors."""
 
 import numpy as np
 import pytest
@@ -108,6 +109,65 @@ def test_rotations_make_rotated_classes():
     assert turns_seen == {0, 1, 2, 3}
 
 
+def _dihedral(image):
+    """The eight orientations of `image` in `episodes`' order: quarter
+    turns of the image, then quarter turns of its mirror image."""
+    return [
+        tf.image.rot90(base, k).numpy()
+        for base in (image, image[:, ::-1])
+        for k in range(4)
+    ]
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+def test_reflections_make_mirrored_classes(rotations):
+    rng = np.random.default_rng(1)
+    images = rng.random((3 * 4, 5, 5, 1)).astype(np.float32)
+    source = sources.from_arrays(images, np.repeat(np.arange(3), 4))
+    orientations = 8 if rotations else 2
+    ways = 3 * orientations
+    host = data.episodes(
+        source, ways, 1, 2, 8, seed=3, rotations=rotations, reflections=True
+    )
+    x, y = next(iter(host))
+    choices = [_dihedral(image)[:: 1 if rotations else 4] for image in images]
+    seen = set()
+    for task in range(8):
+        for way in range(ways):
+            support = x["support_x"][task, way].numpy()
+            query = x["query_x"][task, 2 * way : 2 * way + 2].numpy()
+            (match,) = [
+                (i, k)
+                for i in range(len(images))
+                for k in range(orientations)
+                if np.array_equal(support, choices[i][k])
+            ]
+            # The queries of a class are other examples in its orientation.
+            for image in query:
+                assert any(
+                    np.array_equal(image, choices[j][match[1]])
+                    for j in range(len(images))
+                    if j // 4 == match[0] // 4 and j != match[0]
+                )
+            seen.add(match[1])
+        # Every orientation of every class is one class of the task.
+        classes = {
+            (i // 4, k)
+            for way in range(ways)
+            for i in range(len(images))
+            for k in range(orientations)
+            if np.array_equal(x["support_x"][task, way], choices[i][k])
+        }
+        assert len(classes) == ways
+    assert seen == set(range(orientations))
+    device = data.DeviceEpisodes(
+        source, ways, 1, 2, 8, seed=3, rotations=rotations, reflections=True
+    )
+    gathered_x, gathered_y = device.gather(next(iter(device.indices())))
+    np.testing.assert_array_equal(gathered_x["support_x"], x["support_x"])
+    np.testing.assert_array_equal(gathered_y, y)
+
+
 def test_preprocessing_resizes_scales_and_inverts():
     image = np.full((1, 105, 105, 1), 255, np.uint8)
     image[0, :53] = 0  # Top half ink.
@@ -123,6 +183,14 @@ def test_too_many_ways_names_the_split():
     with pytest.raises(ValueError, match="'ids' has 12 classes.*num_ways=13"):
         data.episodes(_id_source(), 13, 1, 1, 2)
     data.episodes(_id_source(), 13, 1, 1, 2, rotations=True)  # 48 classes.
+    with pytest.raises(ValueError, match=r"24 classes \(with reflections\)"):
+        data.episodes(_id_source(), 25, 1, 1, 2, reflections=True)
+    with pytest.raises(
+        ValueError, match=r"96 classes \(with rotations and reflections\)"
+    ):
+        data.episodes(
+            _id_source(), 97, 1, 1, 2, rotations=True, reflections=True
+        )
 
 
 def test_too_many_examples_names_the_class():
@@ -302,6 +370,20 @@ def test_within_group_episodes_count_rotated_classes():
     )
     for task in _ids(x["support_x"]) // PER_CLASS:
         assert len(set(group_of[task])) == 1
+
+
+def test_within_group_episodes_count_mirrored_classes():
+    source, _ = _grouped_source()
+    # "c" has 2 classes, 4 with their mirror images, 16 with rotations too.
+    assert set(data.grouped_classes(source, "alphabet", 4)) == {"a", "b"}
+    assert set(
+        data.grouped_classes(source, "alphabet", 4, reflections=True)
+    ) == {"a", "b", "c"}
+    assert set(
+        data.grouped_classes(
+            source, "alphabet", 16, rotations=True, reflections=True
+        )
+    ) == {"a", "b", "c"}
 
 
 def test_within_group_errors_name_the_problem():

@@ -191,6 +191,25 @@ def test_wider_training_episodes_and_augmentation_reach_the_training_stream(
         experiment.build_splits(config)
 
 
+def test_the_reflections_field_doubles_the_training_classes(tmp_path):
+    from configs import cifar_fs_5way_1shot
+    from tfmaml import experiment
+    from tfmaml import image_tasks
+
+    write_cifar100_archive(tmp_path)
+    config = cifar_fs_5way_1shot.get_config("smoke")
+    config.data_dir = str(tmp_path)
+    config.algorithm = "protonet"
+    classes = image_tasks._load_classes(config).train.num_classes
+    config.train_num_ways = classes + 1
+    with pytest.raises(ValueError, match=f"has {classes} classes; an episode"):
+        experiment.build_splits(config)
+    config.reflections = True
+    x, y = next(iter(experiment.build_splits(config).train))
+    assert x["support_x"].shape[1] == classes + 1
+    assert int(tf.reduce_max(y)) == classes
+
+
 def test_the_validation_alphabet_field_reaches_the_omniglot_split():
     from configs import omniglot_20way_1shot
     from tfmaml import image_tasks

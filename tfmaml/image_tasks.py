@@ -143,6 +143,7 @@ def image_splits(
             "train",
             num_ways=train_num_ways(config),
             rotations=config.rotations,
+            reflections=config.get("reflections", False),
             augment=_augmentation(config),
             start=train_start,
         ),

@@ -62,6 +62,9 @@ def few_shot_config(
     config.image_size = image_size
     config.invert = invert
     config.rotations = rotations  # Training classes only.
+    # Mirror images of training classes as new classes too (with rotations,
+    # eight orientations of each; `tfmaml.data.episodes(reflections=...)`).
+    config.reflections = False
     config.num_ways = num_ways
     # Ways of the training episodes; 0: `num_ways`. Wider training (Snell
     # et al.'s 60-way for ProtoNet) needs a network without a class head,
