@@ -183,6 +183,11 @@ def test_too_many_ways_names_the_split():
     with pytest.raises(ValueError, match="'ids' has 12 classes.*num_ways=13"):
         data.episodes(_id_source(), 13, 1, 1, 2)
     data.episodes(_id_source(), 13, 1, 1, 2, rotations=True)  # 48 classes.
+    vectors = sources.from_arrays(
+        np.zeros((8, 5), np.float32), np.arange(8) % 2
+    )
+    with pytest.raises(ValueError, match=r"reflections.*shape \(5,\)"):
+        data.episodes(vectors, 2, 1, 1, 2, reflections=True)
     with pytest.raises(ValueError, match=r"24 classes \(with reflections\)"):
         data.episodes(_id_source(), 25, 1, 1, 2, reflections=True)
     with pytest.raises(

@@ -410,6 +410,12 @@ def _index_sampler(
             f"has {source.class_sizes[smallest]} examples; an episode needs "
             f"num_shots + num_queries = {per_class} of every class."
         )
+    if (rotations or reflections) and source.images.ndim != 4:
+        raise ValueError(
+            "Rotations and reflections turn images of shape (height, width, "
+            f"channels); split {source.name!r} has examples of shape "
+            f"{source.images.shape[1:]}."
+        )
     if rotations and source.images.shape[1] != source.images.shape[2]:
         raise ValueError(
             f"Rotations need square images; split {source.name!r} has images "
