@@ -100,29 +100,31 @@ def grouped_test(
     return stream, tuple(groups)
 
 
+# The config fields that decide a source's class splits, with the value a
+# config without the field means.
+_SPLIT_FIELDS = {
+    "task": None,
+    "data_dir": None,
+    "split": "auto",
+    "seed": None,
+    "validation_alphabet": "",
+}
+
+
 @functools.lru_cache(maxsize=1)
-def _load_cached(task, data_dir, split, seed, validation_alphabet):
-    config = ml_collections.ConfigDict(
-        {
-            "task": task,
-            "data_dir": data_dir,
-            "split": split,
-            "seed": seed,
-            "validation_alphabet": validation_alphabet,
-        }
-    )
-    return IMAGE_SOURCES[task].load(config)
+def _load_cached(fields):
+    config = ml_collections.ConfigDict(dict(fields))
+    return IMAGE_SOURCES[config.task].load(config)
 
 
 def _load_classes(config):
     """The config's class splits, loaded once for both test streams (the
     last config's are kept in memory)."""
     return _load_cached(
-        config.task,
-        config.data_dir,
-        config.get("split", "auto"),
-        config.seed,
-        config.get("validation_alphabet", ""),
+        tuple(
+            (name, config.get(name, default))
+            for name, default in _SPLIT_FIELDS.items()
+        )
     )
 
 
