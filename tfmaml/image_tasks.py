@@ -41,7 +41,7 @@ def _omniglot(config):
         source,
         split=config.split,
         seed=config.seed + 1,
-        validation_alphabet=config.get("validation_alphabet", ""),
+        validation_alphabet=config.validation_alphabet,
     )
 
 
@@ -100,8 +100,8 @@ def grouped_test(
     return stream, tuple(groups)
 
 
-# The config fields that decide a source's class splits, with the value a
-# config without the field means.
+# The config fields that decide a source's class splits (what `load` reads),
+# with the value a config without the field means (`None`: it must have it).
 _SPLIT_FIELDS = {
     "task": None,
     "data_dir": None,
@@ -122,7 +122,10 @@ def _load_classes(config):
     last config's are kept in memory)."""
     return _load_cached(
         tuple(
-            (name, config.get(name, default))
+            (
+                name,
+                config[name] if default is None else config.get(name, default),
+            )
             for name, default in _SPLIT_FIELDS.items()
         )
     )
