@@ -9,7 +9,9 @@ default rests on numbers: `threads`, the intra-op pool at TensorFlow's
 default (one thread per core) vs one thread per op (tasks side by side
 through the inter-op pool); `onednn`, `TF_ENABLE_ONEDNN_OPTS=0` vs `=1`
 (TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16
-or AMX, so on others the two differ). Each process runs the config's own
+or AMX, so on others the two differ); `bias_gradient`, TensorFlow's
+`BiasAddGrad` (which oneDNN merges into the filter gradient) vs the summed
+bias gradient of `tfmaml.bias_gradients`. Each process runs the config's own
 training stream and model, `--warmup` untimed meta-steps (tracing), then
 the median of `--steps` timed ones; rounds alternate the settings so a
 drift of the machine hits both.
@@ -19,8 +21,8 @@ drift of the machine hits both.
 
 Usage:
   python benchmarks/threads.py [--configs=sinusoid,omniglot_5way_1shot,...]
-      [--knob=threads|onednn] [--rounds=2] [--steps=10] [--warmup=3]
-      [--isa=native,avx2] [--data_dir=DIR]
+      [--knob=threads|onednn|bias_gradient] [--rounds=2] [--steps=10]
+      [--warmup=3] [--isa=native,avx2] [--data_dir=DIR]
 """
 
 import json
@@ -50,6 +52,10 @@ KNOBS = {
     "onednn": {
         "oneDNN off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
         "oneDNN on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    },
+    "bias_gradient": {
+        "TensorFlow's BiasAddGrad": {"TFMAML_SUMMED_BIAS_GRADIENTS": "0"},
+        "summed": {"TFMAML_SUMMED_BIAS_GRADIENTS": "1"},
     },
 }
 flags.DEFINE_enum("knob", "threads", list(KNOBS), "The setting compared.")

@@ -102,6 +102,11 @@ VARIANTS = {
     "map, oneDNN off": dict(
         task_loop="map", environment={"TF_ENABLE_ONEDNN_OPTS": "0"}
     ),
+    # Before tfmaml summed bias gradients (tfmaml.bias_gradients): oneDNN
+    # merges TensorFlow's BiasAddGrad into the filter gradient.
+    "map, TensorFlow's bias gradient": dict(
+        task_loop="map", environment={"TFMAML_SUMMED_BIAS_GRADIENTS": "0"}
+    ),
 }
 DEFAULT_VARIANTS = (
     "map",

@@ -11,6 +11,7 @@ ORDER = [
     "tfmaml.console",
     "tfmaml.runtime",
     "tfmaml.checks",
+    "tfmaml.bias_gradients",
     "tfmaml.labels",
     "tfmaml.batches",
     "tfmaml.data.streams",

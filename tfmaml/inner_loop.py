@@ -8,13 +8,12 @@ outer `tf.GradientTape` gives the second-order MAML meta-gradient; with
 first-order MAML (the fast weights still depend on the initial weights
 through the identity, as in Finn et al. 2017, section 5.2).
 
-The update rule is an inner optimiser: any object with the `init`/`update`
-protocol of optax (`InnerOptimizer`; the step index is passed to `update`).
-This module owns every rule tfmaml ships: `SGD` (its learning rate may
-differ per step and per weight), `Momentum`, and `LearnedSGD`, whose rates
-and momentum are Keras variables that the outer loop meta-learns (Meta-SGD,
-MAML++'s per-layer per-step rates). Every rule is differentiable, so the
-meta-gradient reaches whatever its updates depend on.
+The update rule is an inner optimiser: any object with optax's `init`/
+`update` protocol (`InnerOptimizer`; `update` also gets the step index).
+tfmaml's rules live here: `SGD` (rates per step and per weight),
+`Momentum`, and `LearnedSGD`, whose rates and momentum the outer loop
+meta-learns (Meta-SGD, MAML++'s per-layer per-step rates). Every rule is
+differentiable, so the meta-gradient reaches whatever its updates depend on.
 
 While the loop runs the support loss of step `k`, `current_step()` returns
 `k` (at trace time): layers with per-step parameters, such as
@@ -32,17 +31,16 @@ from typing import Protocol
 import keras
 import tensorflow as tf
 
+from tfmaml.bias_gradients import summed_bias_gradients
 from tfmaml.checks import check_int
 from tfmaml.checks import check_momentum
 from tfmaml.checks import check_rate
 
 SupportLoss = Callable[[list[tf.Tensor], tf.Tensor, tf.Tensor], tf.Tensor]
 # A learning rate: one number or tensor for all, a sequence of numbers (the
-# rate of each inner step, the last one for later steps), or
-# `rate(step, index)` giving the rate (broadcastable to weight `index`) of
-# inner step `step`.
+# rate of each inner step, the last one for later steps), or `rate(step,
+# index)`, the rate of inner step `step` (broadcastable to weight `index`).
 Rate = float | tf.Tensor | Sequence[float] | Callable[[int, int], Any]
-
 
 _STEP = contextvars.ContextVar("tfmaml_inner_step", default=None)
 
@@ -487,9 +485,10 @@ def inner_step(
         tape.watch(moving)
         with step_scope(step):
             loss = loss_fn(weights, support_x, support_y)
-    gradients = tape.gradient(
-        loss, moving, unconnected_gradients=tf.UnconnectedGradients.ZERO
-    )
+    with summed_bias_gradients():
+        gradients = tape.gradient(
+            loss, moving, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
     gradients = [_maybe_stop(g, first_order) for g in gradients]
     updates, state = optimizer.update(gradients, state, step)
     current = list(weights)
@@ -522,12 +521,13 @@ def _recomputed(take_step, step, weights, state):
             with tf.GradientTape() as tape:
                 tape.watch(tensors)
                 again = flat_step(tensors)
-            grads = tape.gradient(
-                again,
-                list(tensors),
-                output_gradients=list(upstream),
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            )
+            with summed_bias_gradients():
+                grads = tape.gradient(
+                    again,
+                    list(tensors),
+                    output_gradients=list(upstream),
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
             # Variables read inside (none in tfmaml's use) get no gradient.
             return grads, [None] * len(variables or ())
 

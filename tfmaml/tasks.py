@@ -32,6 +32,7 @@ from tfmaml.batches import SUPPORT_X
 from tfmaml.batches import SUPPORT_Y
 from tfmaml.batches import Episode
 from tfmaml.batches import example_spec
+from tfmaml.bias_gradients import summed_bias_gradients
 
 TASK_LOOPS = ("map", "vectorized", "unrolled")
 
@@ -354,7 +355,8 @@ def differentiated_per_task(
             loss = outputs["loss"]
             if loss_scale is not None:
                 loss = loss_scale(loss)
-        gradients = tape.gradient(loss, variables)
+        with summed_bias_gradients():
+            gradients = tape.gradient(loss, variables)
         # (The tape's own `UnconnectedGradients.ZERO` fails on Keras
         # variables inside the loop body: their dtype is a string.)
         outputs = {
