@@ -8,9 +8,10 @@ reading the same upstream gradient into one kernel
 kernel is the slow one: for Conv4's first layer (75 query images, one input
 channel) it took 13.2 ms at AVX-512 and 4.7 ms under an AVX2 cap, against
 2.3 and 2.0 ms for the filter gradient and a separate sum; 2 ms more on the
-second layer at AVX-512 (a 2-core Zen 5, one thread per op). Meta-steps got
-1.09x to 1.21x faster on `benchmarks/throughput.py`'s W1-W3 with the sum
-(RESULTS.md). The sum is the same number, rounded in another order.
+second layer at AVX-512 (a 2-core Zen 5, one thread per op). With the sum,
+`benchmarks/throughput.py`'s W1-W3 meta-steps ran 1.11x to 1.25x faster
+at AVX-512 and 1.07x to 1.10x under an AVX2 cap (RESULTS.md). The sum is
+the same number, rounded in another order.
 
 How. TensorFlow looks gradients up by op type in a process-wide registry
 and has no public way to replace a registered one (a second
