@@ -14,6 +14,7 @@ import pytest
         "tfmaml.batch_norm",
         "tfmaml.data.sinusoid",
         "tfmaml.data.episodes",
+        "tfmaml.data.labelled",
     ],
 )
 def test_docstring_examples_run(module):

@@ -7,6 +7,8 @@ config means. A new data source is one loading function and one line in
 `tfmaml.algorithms.ALGORITHMS`.
 """
 
+import os
+
 import keras
 import ml_collections
 import tensorflow as tf
@@ -16,6 +18,7 @@ from tfmaml import data
 from tfmaml import image_tasks
 from tfmaml import inner_loop
 from tfmaml import networks
+from tfmaml import pretraining
 from tfmaml import rl
 from tfmaml.adapted_variables import names_without_normalization
 from tfmaml.data import Splits
@@ -308,10 +311,12 @@ def compile_model(model: MAML, config: ml_collections.ConfigDict) -> None:
     Raises:
         ValueError: If `config.lr_schedule` is unknown.
     """
-    if config.lr_schedule == "cosine":
+    if config.lr_schedule == "cosine" and config.total_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=config.total_steps
         )
+    elif config.lr_schedule == "cosine":  # No steps (pretraining only).
+        learning_rate = config.learning_rate
     elif config.lr_schedule == "constant":
         learning_rate = config.learning_rate
     else:
@@ -387,6 +392,64 @@ def early_stopping(
             restore_best_weights=restore,
         )
     ]
+
+
+PRETRAINED_WEIGHTS = "pretrained.weights.h5"
+
+
+def pretrain(
+    model: keras.Model,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    verbose: int = 0,
+) -> bool:
+    """Pretrains a ProtoNet's embedding on whole classes before its episodes
+    (`tfmaml.pretraining`; `config.pretrain_steps` batches, 0: nothing to
+    do); returns whether it trained. The weights go to
+    `WORKDIR/pretrained.weights.h5`; a run that finds them there (started
+    again after a stop) loads them instead, so it goes on from the same
+    embedding. TensorBoard logs go to `WORKDIR/tensorboard/pretraining`.
+
+    Args:
+        model: The config's model (`build_model`), in its strategy's scope.
+        config: The experiment config.
+        workdir: The run's directory.
+        verbose: `fit`'s verbosity. Defaults to 0.
+
+    Raises:
+        ValueError: If the config pretrains anything but a ProtoNet.
+    """
+    steps = config.get("pretrain_steps", 0)
+    if not steps:
+        return False
+    if config.algorithm != "protonet":
+        raise ValueError(
+            "pretrain_steps pretrains a ProtoNet's embedding (a network "
+            f"without a head); algorithm={config.algorithm!r} has a head "
+            f"of num_ways classes. Received: pretrain_steps={steps}"
+        )
+    path = os.path.join(workdir, PRETRAINED_WEIGHTS)
+    if os.path.exists(path):
+        model.base_model.load_weights(path)
+        return False
+    batches, num_classes = image_tasks.labelled_training_batches(config)
+    pretraining.pretrain_embedding(
+        model.base_model,
+        batches,
+        num_classes,
+        steps=steps,
+        learning_rate=config.pretrain_learning_rate,
+        steps_per_epoch=config.steps_per_epoch,
+        callbacks=[
+            keras.callbacks.TensorBoard(
+                os.path.join(workdir, "tensorboard", "pretraining")
+            )
+        ],
+        verbose=verbose,
+    )
+    model.base_model.save_weights(path)
+    return True
 
 
 def export_model(

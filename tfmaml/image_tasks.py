@@ -162,6 +162,36 @@ def image_splits(
     )
 
 
+def labelled_training_batches(
+    config: ml_collections.ConfigDict,
+) -> tuple[tf.data.Dataset, int]:
+    """The training classes as labelled batches for whole-class
+    pretraining (`tfmaml.data.labelled_batches`: the config's rotations,
+    reflections and augmentation, `config.pretrain_batch_size` images a
+    batch), and how many classes they label.
+
+    Args:
+        config: An image config.
+    """
+    source = data.prepare(_load_classes(config).train, preprocessing(config))
+    orientations = {
+        "rotations": config.rotations,
+        "reflections": config.get("reflections", False),
+    }
+    batches = data.labelled_batches(
+        source,
+        config.pretrain_batch_size,
+        seed=config.seed + SPLIT_SEED_OFFSETS["train"] + PRETRAINING_SEED,
+        augment=_augmentation(config),
+        **orientations,
+    )
+    return batches, data.labelled_classes(source, **orientations)
+
+
+# Pretraining's draws, apart from the training episodes'.
+PRETRAINING_SEED = 7_000_003
+
+
 def train_num_ways(config: ml_collections.ConfigDict) -> int:
     """The ways of an image config's training episodes
     (`config.train_num_ways`, 0 meaning `config.num_ways`).

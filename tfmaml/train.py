@@ -85,6 +85,19 @@ def main(argv):
         *experiment.early_stopping(config),
     ]
     fit_start = time.perf_counter()
+    with strategy.scope():
+        if experiment.pretrain(
+            model, config, workdir, verbose=FLAGS.fit_verbose
+        ):
+            scores = model.evaluate(
+                splits.validation, verbose=0, return_dict=True
+            )
+            print(
+                f"Pretrained the embedding for {config.pretrain_steps} "
+                f"steps in {(time.perf_counter() - fit_start) / 60:.1f} min; "
+                "validation: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            )
     resumed_at = training.fit_resumable(
         model,
         lambda start: experiment.build_splits(config, train_start=start).train,

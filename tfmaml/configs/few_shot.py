@@ -89,6 +89,13 @@ def few_shot_config(
     }
     config.metrics = ("accuracy",)
 
+    # Whole-class pretraining of a ProtoNet's embedding before its episodes
+    # (`tfmaml.pretraining`): a classifier over every training class (and
+    # orientation), `pretrain_steps` batches; 0: none.
+    config.pretrain_steps = 0
+    config.pretrain_batch_size = 256
+    config.pretrain_learning_rate = 1e-3
+
     # Meta-learning.
     common.add_algorithm_fields(config)
     common.add_runtime_fields(config)

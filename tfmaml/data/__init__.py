@@ -7,6 +7,8 @@ from tfmaml.data.episodes import episodes
 from tfmaml.data.episodes import grouped_classes
 from tfmaml.data.episodes import prepare
 from tfmaml.data.episodes import preprocessing
+from tfmaml.data.labelled import labelled_batches
+from tfmaml.data.labelled import labelled_classes
 from tfmaml.data.sinusoid import SinusoidTasks
 from tfmaml.data.sinusoid import sample_sinusoid_tasks
 from tfmaml.data.sinusoid import sinusoid
@@ -21,6 +23,8 @@ __all__ = [
     "Splits",
     "episodes",
     "grouped_classes",
+    "labelled_batches",
+    "labelled_classes",
     "prepare",
     "preprocessing",
     "sample_sinusoid_tasks",

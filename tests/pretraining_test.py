@@ -1,0 +1,212 @@
+"""Whole-class pretraining: `tfmaml.data.labelled_batches` labels every
+image with its class and orientation, reproducibly; `tfmaml.pretraining`
+trains an embedding that then separates new draws of its classes; the
+config field pretrains a ProtoNet once per run directory."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from train_test import CONFIGS
+from train_test import OMNIGLOT
+from train_test import _run
+
+import tfmaml
+from tfmaml import experiment
+from tfmaml import pretraining
+from tfmaml.configs import omniglot_20way_1shot
+from tfmaml.data import labelled_batches
+from tfmaml.data import labelled_classes
+from tfmaml.data import sources
+
+
+def _split(classes=5, per_class=4, size=6, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((classes * per_class, size, size, 1)).astype("f4")
+    return sources.from_arrays(images, np.arange(len(images)) % classes)
+
+
+def _orientations(image):
+    """The eight symmetries of a square image, in `labelled_batches`'
+    order: quarter turns, then the mirror image's quarter turns."""
+    turns = [np.rot90(image, k, axes=(0, 1)) for k in range(4)]
+    mirror = image[:, ::-1]
+    return turns + [np.rot90(mirror, k, axes=(0, 1)) for k in range(4)]
+
+
+@pytest.mark.parametrize(
+    "rotations,reflections", [(False, False), (True, True)]
+)
+def test_every_example_is_its_labelled_class_in_its_orientation(
+    rotations, reflections
+):
+    split = _split()
+    classes = labelled_classes(
+        split, rotations=rotations, reflections=reflections
+    )
+    assert classes == 5 * (8 if rotations else 1)
+    x, y = next(
+        iter(
+            labelled_batches(
+                split, 64, seed=3, rotations=rotations, reflections=reflections
+            )
+        )
+    )
+    x, y = x.numpy(), y.numpy()
+    assert x.shape == (64, 6, 6, 1) and y.dtype == np.int32
+    seen = set()
+    for image, label in zip(x, y, strict=True):
+        orientation, c = divmod(int(label), split.num_classes)
+        start, size = split.class_starts[c], split.class_sizes[c]
+        matches = [
+            i
+            for i in range(start, start + size)
+            if np.array_equal(
+                _orientations(split.images[i])[orientation], image
+            )
+        ]
+        assert len(matches) == 1, (label, matches)
+        seen.add(int(label))
+    assert len(seen) > classes // 2  # Draws spread over the classes.
+
+
+def test_batches_are_reproducible_and_resume_at_their_index():
+    split = _split()
+    kwargs = dict(
+        seed=7, rotations=True, augment=tfmaml.data.AffineAugmentation()
+    )
+    first = [b for b in labelled_batches(split, 8, num_batches=3, **kwargs)]
+    again = [b for b in labelled_batches(split, 8, num_batches=3, **kwargs)]
+    resumed = next(iter(labelled_batches(split, 8, start=2, **kwargs)))
+    for (x, y), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(first[2][0], resumed[0])
+    np.testing.assert_array_equal(first[2][1], resumed[1])
+    assert not np.array_equal(first[0][1], first[1][1])
+
+
+def test_bad_arguments_are_named():
+    split = _split()
+    with pytest.raises(ValueError, match="batch_size"):
+        labelled_batches(split, 0)
+    with pytest.raises(TypeError, match="AffineAugmentation"):
+        labelled_batches(split, 4, augment="affine")
+    vectors = sources.from_arrays(np.zeros((10, 3), "f4"), np.arange(10) % 2)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        labelled_batches(vectors, 4, rotations=True)
+    net = tfmaml.networks.conv4((16, 16, 1), 5, filters=4)
+    with pytest.raises(ValueError, match=r"flat embedding.*\(None, 8, 8, 4\)"):
+        # Ends in max-pooling: not flat.
+        pretraining.classifier(
+            keras.Sequential([keras.Input((16, 16, 1)), *net.layers[:3]]), 5
+        )
+
+
+def test_pretraining_learns_an_embedding_that_separates_new_draws():
+    # Five classes, each a fixed pattern plus noise: new draws of a class
+    # must land nearer its own prototype after pretraining than before.
+    rng = np.random.default_rng(1)
+    patterns = rng.random((5, 16, 16, 1)).astype("f4")
+
+    def draws(n, seed):
+        noise = np.random.default_rng(seed).normal(0, 0.2, (5, n, 16, 16, 1))
+        return (patterns[:, None] + noise).astype("f4")
+
+    train = draws(20, 2)
+    split = sources.from_arrays(
+        train.reshape(-1, 16, 16, 1), np.repeat(np.arange(5), 20)
+    )
+    keras.utils.set_random_seed(0)
+    embedding = tfmaml.networks.conv4((16, 16, 1), None, filters=16)
+
+    def prototype_accuracy():
+        support, query = draws(1, 3), draws(10, 4)
+        both = np.concatenate([support, query], 1).reshape(-1, 16, 16, 1)
+        e = tf.reshape(embedding(both, training=True), [5, 11, -1])
+        e_s, e_q = e[:, 0], tf.reshape(e[:, 1:], [50, -1])
+        d = tf.reduce_sum((e_q[:, None] - e_s[None]) ** 2, -1)
+        labels = np.repeat(np.arange(5), 10)
+        return float(np.mean(np.argmin(d, 1) == labels))
+
+    before = prototype_accuracy()
+    history = pretraining.pretrain_embedding(
+        embedding,
+        labelled_batches(split, 32, seed=0),
+        5,
+        steps=150,
+        learning_rate=3e-3,
+        steps_per_epoch=20,
+    )
+    assert len(history.history["loss"]) == 8  # 7 x 20 + 10 steps.
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+    after = prototype_accuracy()
+    assert after >= 0.9 and after > before + 0.3, (before, after)
+
+
+def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
+    config = omniglot_20way_1shot.get_config("smoke")
+    config.data_dir = str(OMNIGLOT)
+    config.pretrain_steps = 3
+    config.pretrain_batch_size = 16
+    model = experiment.build_model(config)
+    assert experiment.pretrain(model, config, str(tmp_path))
+    path = tmp_path / experiment.PRETRAINED_WEIGHTS
+    assert path.exists()
+    trained = [w.copy() for w in model.base_model.get_weights()]
+    assert (tmp_path / "tensorboard" / "pretraining").is_dir()
+    # Started again: the same embedding, loaded rather than trained.
+    again = experiment.build_model(config)
+    assert not experiment.pretrain(again, config, str(tmp_path))
+    loaded = again.base_model.get_weights()
+    for ours, theirs in zip(loaded, trained, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    config.pretrain_steps = 0
+    assert not experiment.pretrain(again, config, str(tmp_path / "none"))
+    maml = omniglot_20way_1shot.get_config("maml,smoke")
+    maml.pretrain_steps = 3
+    with pytest.raises(ValueError, match="pretrain_steps.*algorithm='maml'"):
+        experiment.pretrain(None, maml, str(tmp_path))
+
+
+def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
+    trained = _run(
+        "tfmaml.train",
+        "--config=" + str(CONFIGS / "omniglot_20way_1shot.py") + ":smoke",
+        f"--config.data_dir={OMNIGLOT}",
+        "--config.pretrain_steps=4",
+        "--config.pretrain_batch_size=16",
+        "--config.total_steps=0",
+        "--workdir=run",
+        "--export_dir=exported",
+        "--fit_verbose=0",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "Pretrained the embedding for 4 steps" in trained.stdout
+    assert (tmp_path / "run" / experiment.PRETRAINED_WEIGHTS).exists()
+    figures = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert set(figures) == {"random", "within_alphabet"}
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    embedding = tfmaml.networks.conv4((28, 28, 1), None, filters=8)
+    embedding.load_weights(tmp_path / "run" / experiment.PRETRAINED_WEIGHTS)
+    for saved, pretrained in zip(
+        model.base_model.get_weights(), embedding.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(saved, pretrained)
+    served = tf.saved_model.load(str(tmp_path / "exported"))
+    raw = np.random.default_rng(0).integers(0, 256, (6, 105, 105, 1))
+    out = served.adapt_and_predict(
+        support_x=raw[:3].astype("f4"),
+        support_y=np.arange(3, dtype="int32"),
+        query_x=raw[3:].astype("f4"),
+    )
+    prepare = tfmaml.data.preprocessing((28, 28), invert=True)
+    expected = model.adapt_and_predict(
+        prepare(raw[:3].astype("f4")),
+        np.arange(3, dtype="int32"),
+        prepare(raw[3:].astype("f4")),
+    )
+    np.testing.assert_allclose(out["predictions"], expected, atol=1e-4)
