@@ -409,7 +409,9 @@ def pretrain(
     do); returns whether it trained. The weights go to
     `WORKDIR/pretrained.weights.h5`; a run that finds them there (started
     again after a stop) loads them instead, so it goes on from the same
-    embedding. TensorBoard logs go to `WORKDIR/tensorboard/pretraining`.
+    embedding (a run stopped during pretraining pretrains again, from its
+    first batch: minutes, unlike the episodes' exact backups). TensorBoard
+    logs go to `WORKDIR/tensorboard/pretraining`.
 
     Args:
         model: The config's model (`build_model`), in its strategy's scope.

@@ -10,6 +10,7 @@ stateless random ops seeded by `(seed, i)`, like the episodes, so a run
 resumed at batch `i` sees what it would have seen.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tfmaml.checks import check_int
@@ -97,19 +98,15 @@ def labelled_batches(
             f"(height, width, channels); split {source.name!r} has examples "
             f"of shape {tuple(images.shape[1:])}."
         )
-    labels = tf.constant(
-        [
-            c
-            for c, size in enumerate(source.class_sizes)
-            for _ in range(int(size))
-        ],
-        tf.int32,
+    # Image `order[i]` of the split is of class `labels[i]`.
+    labels = np.repeat(
+        np.arange(source.num_classes, dtype=np.int32), source.class_sizes
     )
-    # Position `i` of `order` is an image of class `labels[i]`.
     spans = zip(source.class_starts, source.class_sizes, strict=True)
-    order = tf.concat([tf.range(int(s), int(s) + int(n)) for s, n in spans], 0)
+    order = np.concatenate([np.arange(s, s + n) for s, n in spans])
     orientations = _orientations(rotations, reflections)
-    count = int(order.shape[0])
+    count = len(order)
+    labels, order = tf.constant(labels), tf.constant(order, tf.int32)
 
     def make_batch(index):
         draw = batch_seeds(seed, index, 2)
@@ -121,10 +118,11 @@ def labelled_batches(
         )
         x = tf.gather(images, tf.gather(order, picked))
         y = tf.gather(labels, picked) + turns * source.num_classes
-        if orientations > 1:
-            x = _orient(x[None, :, None], turns[None], rotations, reflections)[
-                0, :, 0
-            ]
+        if (
+            orientations > 1
+        ):  # `_orient` takes `[tasks, classes, examples, ...]`.
+            x = _orient(x[None, :, None], turns[None], rotations, reflections)
+            x = x[0, :, 0]
         if augment is not None:
             x = augment(
                 x, batch_seeds(seed + AUGMENTATION_SEED_OFFSET, index, 1)[0]
