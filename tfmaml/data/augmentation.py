@@ -106,3 +106,24 @@ class AffineAugmentation(NamedTuple):
         x[SUPPORT_X] = self(x[SUPPORT_X], seeds[0])
         x[QUERY_X] = self(x[QUERY_X], seeds[1])
         return x
+
+
+def check_augment(augment, images: tf.Tensor, split_name: str) -> None:
+    """Raises if `augment` is neither `None` nor a valid
+    `AffineAugmentation` (`TypeError`, `ValueError` naming the range), or
+    if it would distort `images` that are not (height, width, channels)
+    images of split `split_name` (`ValueError` naming the shape)."""
+    if augment is None:
+        return
+    if not isinstance(augment, AffineAugmentation):
+        raise TypeError(
+            "`augment` must be a tfmaml.data.AffineAugmentation or None; "
+            f"received {type(augment).__name__}."
+        )
+    augment.check()
+    if images.shape.rank != 4:
+        raise ValueError(
+            "`augment` distorts images of shape (height, width, "
+            f"channels); split {split_name!r} has examples of "
+            f"shape {tuple(images.shape[1:])}."
+        )

@@ -25,6 +25,7 @@ from tfmaml.checks import check_int
 from tfmaml.checks import check_optional_int
 from tfmaml.data import sources
 from tfmaml.data.augmentation import AffineAugmentation
+from tfmaml.data.augmentation import check_augment
 from tfmaml.data.sources import ClassIndexedImages
 from tfmaml.data.streams import batch_seeds
 from tfmaml.data.streams import indexed_stream
@@ -210,19 +211,7 @@ def episodes(
     images = tf.constant(sample.source.images)
     check_optional_int("num_batches", num_batches, minimum=1)
     check_int("start", start, minimum=0)
-    if augment is not None:
-        if not isinstance(augment, AffineAugmentation):
-            raise TypeError(
-                "`augment` must be a tfmaml.data.AffineAugmentation or None; "
-                f"received {type(augment).__name__}."
-            )
-        augment.check()
-        if images.shape.rank != 4:
-            raise ValueError(
-                "`augment` distorts images of shape (height, width, "
-                f"channels); split {sample.source.name!r} has examples of "
-                f"shape {tuple(images.shape[1:])}."
-            )
+    check_augment(augment, images, sample.source.name)
 
     def make_batch(index):
         x, y = gather_episodes(

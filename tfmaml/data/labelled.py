@@ -14,7 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfmaml.checks import check_int
+from tfmaml.checks import check_optional_int
 from tfmaml.data.augmentation import AffineAugmentation
+from tfmaml.data.augmentation import check_augment
 from tfmaml.data.episodes import AUGMENTATION_SEED_OFFSET
 from tfmaml.data.episodes import _as_class_indexed
 from tfmaml.data.episodes import _orient
@@ -64,9 +66,9 @@ def labelled_batches(
         start: The index of the first batch (a resumed run). Defaults to 0.
 
     Raises:
-        ValueError: If a count is not a positive int, or rotations,
-            reflections or `augment` meet examples that are not (height,
-            width, channels) images.
+        ValueError: If a count is not a positive int, `augment`'s ranges
+            are bad, or rotations, reflections or `augment` meet examples
+            that are not (height, width, channels) images.
         TypeError: If `augment` is not an `AffineAugmentation`.
 
     Example:
@@ -82,21 +84,14 @@ def labelled_batches(
     source = _as_class_indexed(source)
     check_int("batch_size", batch_size, minimum=1)
     check_int("start", start, minimum=0)
-    if num_batches is not None:
-        check_int("num_batches", num_batches, minimum=1)
-    if augment is not None and not isinstance(augment, AffineAugmentation):
-        raise TypeError(
-            "`augment` must be a tfmaml.data.AffineAugmentation or None; "
-            f"received {type(augment).__name__}."
-        )
-    if augment is not None:
-        augment.check()
+    check_optional_int("num_batches", num_batches, minimum=1)
     images = tf.constant(source.images)
-    if (rotations or reflections or augment) and images.shape.rank != 4:
+    check_augment(augment, images, source.name)
+    if (rotations or reflections) and images.shape.rank != 4:
         raise ValueError(
-            "Rotations, reflections and `augment` turn images of shape "
-            f"(height, width, channels); split {source.name!r} has examples "
-            f"of shape {tuple(images.shape[1:])}."
+            "Rotations and reflections turn images of shape (height, width, "
+            f"channels); split {source.name!r} has examples of shape "
+            f"{tuple(images.shape[1:])}."
         )
     # Image `order[i]` of the split is of class `labels[i]`.
     labels = np.repeat(
