@@ -97,6 +97,9 @@ def test_bad_arguments_are_named():
     vectors = sources.from_arrays(np.zeros((10, 3), "f4"), np.arange(10) % 2)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         labelled_batches(vectors, 4, rotations=True)
+    wide = sources.from_arrays(np.zeros((10, 4, 6, 1), "f4"), np.arange(10) % 2)
+    with pytest.raises(ValueError, match=r"square.*\(4, 6, 1\)"):
+        labelled_batches(wide, 4, rotations=True)
     net = tfmaml.networks.conv4((16, 16, 1), 5, filters=4)
     with pytest.raises(ValueError, match=r"flat embedding.*\(None, 8, 8, 4\)"):
         # Ends in max-pooling: not flat.

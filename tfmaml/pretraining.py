@@ -104,12 +104,16 @@ def pretrain_embedding(
 
 
 class _StopAt(keras.callbacks.Callback):
-    """Ends `fit` after `steps` batches, inside a last, shorter epoch."""
+    """Ends `fit` after `steps` batches, inside a last, shorter epoch
+    (counted here: reading the optimizer's step would copy it from the
+    device every batch)."""
 
     def __init__(self, steps: int):
         super().__init__()
         self.steps = steps
+        self.seen = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= self.steps:
+        self.seen += 1
+        if self.seen >= self.steps:
             self.model.stop_training = True

@@ -399,17 +399,7 @@ def _index_sampler(
             f"has {source.class_sizes[smallest]} examples; an episode needs "
             f"num_shots + num_queries = {per_class} of every class."
         )
-    if (rotations or reflections) and source.images.ndim != 4:
-        raise ValueError(
-            "Rotations and reflections turn images of shape (height, width, "
-            f"channels); split {source.name!r} has examples of shape "
-            f"{source.images.shape[1:]}."
-        )
-    if rotations and source.images.shape[1] != source.images.shape[2]:
-        raise ValueError(
-            f"Rotations need square images; split {source.name!r} has images "
-            f"of shape {source.images.shape[1:]}."
-        )
+    check_orientable(source, rotations, reflections)
     starts = tf.constant(source.class_starts, tf.int64)
     sizes = tf.constant(source.class_sizes, tf.int64)
     max_size = int(source.class_sizes.max())
@@ -537,6 +527,23 @@ def _as_class_indexed(source):
         "(image, label) or an (images, labels) tuple. Received: "
         f"{type(source).__name__}"
     )
+
+
+def check_orientable(source, rotations, reflections):
+    """Raises `ValueError` naming the shape if `rotations` or `reflections`
+    meet examples of `source` they cannot turn: not (height, width,
+    channels) images, or, for rotations, not square ones."""
+    if (rotations or reflections) and source.images.ndim != 4:
+        raise ValueError(
+            "Rotations and reflections turn images of shape (height, width, "
+            f"channels); split {source.name!r} has examples of shape "
+            f"{source.images.shape[1:]}."
+        )
+    if rotations and source.images.shape[1] != source.images.shape[2]:
+        raise ValueError(
+            f"Rotations need square images; split {source.name!r} has images "
+            f"of shape {source.images.shape[1:]}."
+        )
 
 
 def _orientations(rotations, reflections):

@@ -21,6 +21,7 @@ from tfmaml.data.episodes import AUGMENTATION_SEED_OFFSET
 from tfmaml.data.episodes import _as_class_indexed
 from tfmaml.data.episodes import _orient
 from tfmaml.data.episodes import _orientations
+from tfmaml.data.episodes import check_orientable
 from tfmaml.data.streams import batch_seeds
 from tfmaml.data.streams import indexed_stream
 
@@ -68,7 +69,8 @@ def labelled_batches(
     Raises:
         ValueError: If a count is not a positive int, `augment`'s ranges
             are bad, or rotations, reflections or `augment` meet examples
-            that are not (height, width, channels) images.
+            that are not (height, width, channels) images (square, for
+            rotations).
         TypeError: If `augment` is not an `AffineAugmentation`.
 
     Example:
@@ -85,14 +87,9 @@ def labelled_batches(
     check_int("batch_size", batch_size, minimum=1)
     check_int("start", start, minimum=0)
     check_optional_int("num_batches", num_batches, minimum=1)
+    check_orientable(source, rotations, reflections)
     images = tf.constant(source.images)
     check_augment(augment, images, source.name)
-    if (rotations or reflections) and images.shape.rank != 4:
-        raise ValueError(
-            "Rotations and reflections turn images of shape (height, width, "
-            f"channels); split {source.name!r} has examples of shape "
-            f"{tuple(images.shape[1:])}."
-        )
     # Image `order[i]` of the split is of class `labels[i]`.
     labels = np.repeat(
         np.arange(source.num_classes, dtype=np.int32), source.class_sizes
@@ -113,9 +110,8 @@ def labelled_batches(
         )
         x = tf.gather(images, tf.gather(order, picked))
         y = tf.gather(labels, picked) + turns * source.num_classes
-        if (
-            orientations > 1
-        ):  # `_orient` takes `[tasks, classes, examples, ...]`.
+        if orientations > 1:
+            # `_orient` turns `[tasks, classes, examples, ...]`.
             x = _orient(x[None, :, None], turns[None], rotations, reflections)
             x = x[0, :, 0]
         if augment is not None:
