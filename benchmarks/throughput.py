@@ -37,7 +37,9 @@ in first order, 3F per query image. W1 is 270F = 5.3 GFLOP a task. The
 peak is cores x clock x FP32 FLOP per cycle per core (two FMA units of
 8 lanes, x2 for the multiply-add: 32 with AVX2; 64 with AVX-512 on Intel
 and on AMD's Zen 5 (cpu family 26), 32 on Zen 4 (family 25), which runs a
-512-bit FMA as two 256-bit halves), read from /proc/cpuinfo
+512-bit FMA as two 256-bit halves; 16 on Zen and Zen+ (family 23, models
+below 0x30), whose FMA units are 128 bits wide and run a 256-bit FMA as
+two halves), read from /proc/cpuinfo
 (`--flop_per_cycle` overrides it; Zen 5's mobile parts, which also split
 512-bit FMAs, need `--flop_per_cycle=32`). The clock is the one
 /proc/cpuinfo reports, which in a VM may sit below the boost clock the
@@ -177,8 +179,16 @@ def machine_peak(isa):
     amd = "AuthenticAMD" in fields.get("vendor_id", "")
     # Zen 4 (family 25) splits a 512-bit FMA into two 256-bit halves; Zen 5
     # (family 26) server and desktop cores run it at full width.
-    full_width = not amd or int(fields.get("cpu family", 0)) >= 26
-    per_cycle = FLAGS.flop_per_cycle or (64 if avx512 and full_width else 32)
+    family, model = (
+        int(fields.get("cpu family", 0)),
+        int(fields.get("model", 0)),
+    )
+    full_width = not amd or family >= 26
+    # Zen and Zen+ (family 23 before Zen 2's model 0x30) have 128-bit FMAs.
+    half_width_avx2 = amd and family == 23 and model < 0x30
+    per_cycle = FLAGS.flop_per_cycle or (
+        64 if avx512 and full_width else 16 if half_width_avx2 else 32
+    )
     level = "AVX-512" if avx512 else "AVX2" if "avx2" in cpu_flags else "?"
     description = (
         f"{fields.get('model name')}, {level}: {cores} cores x {ghz:.2f} GHz "
