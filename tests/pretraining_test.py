@@ -108,7 +108,40 @@ def test_bad_arguments_are_named():
         )
 
 
-def test_pretraining_learns_an_embedding_that_separates_new_draws():
+def test_cosine_logits_are_a_learned_scale_times_cosines():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)).astype("f4")
+    layer = pretraining.CosineLogits(4, scale=3.0)
+    logits = layer(x).numpy()
+    w = layer.kernel.numpy()
+    cosines = (x @ w) / np.outer(
+        np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=0)
+    )
+    np.testing.assert_allclose(logits, 3.0 * cosines, rtol=1e-5, atol=1e-6)
+    # Only directions count: a longer feature vector gives the same logits.
+    np.testing.assert_allclose(layer(7.0 * x), logits, rtol=1e-5, atol=1e-6)
+    # The scale is a weight the loss moves: d logits / d log_scale = logits.
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(layer(x))
+    grad = tape.gradient(total, layer.log_scale)
+    np.testing.assert_allclose(grad, logits.sum(), rtol=1e-5)
+    # A `.keras` round trip keeps the outputs.
+    model = keras.Sequential([keras.Input((5,)), layer])
+    clone = keras.Sequential.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(clone(x), logits, rtol=1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        pretraining.CosineLogits(4, scale=0.0)
+    with pytest.raises(ValueError, match="units"):
+        pretraining.CosineLogits(0)
+    with pytest.raises(ValueError, match=r"head.*'dot'"):
+        pretraining.classifier(
+            tfmaml.networks.conv4((16, 16, 1), None, filters=4), 5, "dot"
+        )
+
+
+@pytest.mark.parametrize("head", pretraining.HEADS)
+def test_pretraining_learns_an_embedding_that_separates_new_draws(head):
     # Five classes, each a fixed pattern plus noise: new draws of a class
     # must land nearer its own prototype after pretraining than before.
     rng = np.random.default_rng(1)
@@ -141,6 +174,7 @@ def test_pretraining_learns_an_embedding_that_separates_new_draws():
         5,
         steps=150,
         learning_rate=3e-3,
+        head=head,
         steps_per_epoch=20,
     )
     assert len(history.history["loss"]) == 8  # 7 x 20 + 10 steps.
@@ -168,6 +202,12 @@ def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
         np.testing.assert_array_equal(ours, theirs)
     config.pretrain_steps = 0
     assert not experiment.pretrain(again, config, str(tmp_path / "none"))
+    # The head is the config's: a name it does not know fails by name
+    # before anything trains or is written.
+    config.pretrain_steps, config.pretrain_head = 3, "dot"
+    with pytest.raises(ValueError, match=r"head.*'dot'"):
+        experiment.pretrain(again, config, str(tmp_path / "dot"))
+    assert not (tmp_path / "dot" / experiment.PRETRAINED_WEIGHTS).exists()
     maml = omniglot_20way_1shot.get_config("maml,smoke")
     maml.pretrain_steps = 3
     with pytest.raises(ValueError, match="pretrain_steps.*algorithm='maml'"):

@@ -442,6 +442,7 @@ def pretrain(
         num_classes,
         steps=steps,
         learning_rate=config.pretrain_learning_rate,
+        head=config.get("pretrain_head", "linear"),
         steps_per_epoch=config.steps_per_epoch,
         callbacks=[
             keras.callbacks.TensorBoard(

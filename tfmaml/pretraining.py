@@ -14,9 +14,14 @@ How. `pretrain_embedding` puts a linear head on the embedding, trains the
 pair with Keras' `fit` on `tfmaml.data.labelled_batches` (Adam, cosine
 decay to zero over `steps`), and drops the head: the embedding's weights
 are then the pretrained ones, wherever it is used (a `tfmaml.ProtoNet`
-built around it shares it).
+built around it shares it). `head="cosine"` puts `CosineLogits` there
+instead: a learned scale times the cosine of the feature vector and each
+class's weight vector (Chen et al.'s Baseline++, with Meta-Baseline's
+learned temperature), which trains the embedding to separate classes by
+direction, as a prototype classifier compares them.
 """
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -25,16 +30,76 @@ import tensorflow as tf
 from tfmaml.checks import check_int
 
 HEAD_NAME = "pretraining_head"
+HEADS = ("linear", "cosine")
 
 
-def classifier(embedding: keras.Model, num_classes: int) -> keras.Model:
-    """`embedding` followed by a linear head of `num_classes` logits.
+@keras.saving.register_keras_serializable(package="tfmaml")
+class CosineLogits(keras.layers.Layer):
+    """`units` logits: `scale` times the cosine similarity of the input
+    vector and each unit's weight vector, with `scale` learned (as its
+    logarithm, so it stays positive).
+
+    Why the scale: cosines lie in [-1, 1], so without it a softmax over
+    hundreds of classes stays nearly uniform and the loss cannot fall.
+
+    Args:
+        units: The number of logits (classes).
+        scale: The scale's initial value. Defaults to 10.
+    """
+
+    def __init__(self, units: int, scale: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units = check_int("units", units, minimum=1)
+        if not scale > 0:
+            raise ValueError(
+                f"CosineLogits' `scale` must be > 0. Received: scale={scale!r}"
+            )
+        self.scale = float(scale)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units),
+            initializer="glorot_uniform",
+            name="kernel",
+        )
+        self.log_scale = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(math.log(self.scale)),
+            name="log_scale",
+        )
+
+    def call(self, inputs):
+        directions = tf.math.l2_normalize(inputs, axis=-1)
+        kernel = tf.math.l2_normalize(self.kernel, axis=0)
+        return tf.exp(self.log_scale) * tf.matmul(directions, kernel)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "scale": self.scale,
+        }
+
+
+def classifier(
+    embedding: keras.Model, num_classes: int, head: str = "linear"
+) -> keras.Model:
+    """`embedding` followed by a head of `num_classes` logits: `"linear"`
+    (a `Dense` layer) or `"cosine"` (`CosineLogits`).
 
     Raises:
-        ValueError: If `num_classes` is not an int >= 2, or the embedding's
-            output is not flat (`[batch, features]`).
+        ValueError: If `num_classes` is not an int >= 2, `head` is not one
+            of `HEADS`, or the embedding's output is not flat
+            (`[batch, features]`).
     """
     check_int("num_classes", num_classes, minimum=2)
+    if head not in HEADS:
+        raise ValueError(
+            f"`head` must be one of {list(HEADS)}. Received: head={head!r}"
+        )
     try:
         shape = embedding.compute_output_shape(embedding.input_shape)
     except (AttributeError, NotImplementedError, ValueError):
@@ -45,8 +110,13 @@ def classifier(embedding: keras.Model, num_classes: int) -> keras.Model:
             f"`[batch, features]`; embedding {embedding.name!r} outputs "
             f"shape {tuple(shape)}."
         )
+    layer = (
+        CosineLogits(num_classes, name=HEAD_NAME)
+        if head == "cosine"
+        else keras.layers.Dense(num_classes, name=HEAD_NAME)
+    )
     return keras.Sequential(
-        [embedding, keras.layers.Dense(num_classes, name=HEAD_NAME)],
+        [embedding, layer],
         name=f"{embedding.name}_classifier",
     )
 
@@ -58,6 +128,7 @@ def pretrain_embedding(
     *,
     steps: int,
     learning_rate: float = 1e-3,
+    head: str = "linear",
     steps_per_epoch: int = 100,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
@@ -73,6 +144,8 @@ def pretrain_embedding(
         steps: Optimizer steps.
         learning_rate: Adam's rate before its cosine decay. Defaults to
             `1e-3`.
+        head: The classifier's head, `"linear"` or `"cosine"` (see
+            `classifier`). Defaults to `"linear"`.
         steps_per_epoch: Steps between `fit`'s epoch ends (logs,
             callbacks); the last epoch takes what remains. Defaults to 100.
         callbacks: Keras callbacks for `fit`. Defaults to none.
@@ -84,7 +157,7 @@ def pretrain_embedding(
     """
     check_int("steps", steps, minimum=1)
     check_int("steps_per_epoch", steps_per_epoch, minimum=1)
-    model = classifier(embedding, num_classes)
+    model = classifier(embedding, num_classes, head)
     model.compile(
         optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(learning_rate, steps)

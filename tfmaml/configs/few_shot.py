@@ -91,8 +91,10 @@ def few_shot_config(
 
     # Whole-class pretraining of a ProtoNet's embedding before its episodes
     # (`tfmaml.pretraining`): a classifier over every training class (and
-    # orientation), `pretrain_steps` batches; 0: none.
+    # orientation), `pretrain_steps` batches; 0: none. `pretrain_head`:
+    # the classifier's head, "linear" or "cosine" (`CosineLogits`).
     config.pretrain_steps = 0
+    config.pretrain_head = "linear"
     config.pretrain_batch_size = 256
     config.pretrain_learning_rate = 1e-3
 
