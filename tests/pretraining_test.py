@@ -125,7 +125,7 @@ def test_cosine_logits_are_a_learned_scale_times_cosines():
         total = tf.reduce_sum(layer(x))
     grad = tape.gradient(total, layer.log_scale)
     np.testing.assert_allclose(grad, logits.sum(), rtol=1e-5)
-    # A `.keras` round trip keeps the outputs.
+    # Its config round trip (what a `.keras` file stores) keeps the outputs.
     model = keras.Sequential([keras.Input((5,)), layer])
     clone = keras.Sequential.from_config(model.get_config())
     clone.set_weights(model.get_weights())
