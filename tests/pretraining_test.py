@@ -113,9 +113,9 @@ def test_cosine_logits_are_a_learned_scale_times_cosines():
     x = rng.normal(size=(6, 5)).astype("f4")
     layer = pretraining.CosineLogits(4, scale=3.0)
     logits = layer(x).numpy()
-    w = layer.kernel.numpy()
-    cosines = (x @ w) / np.outer(
-        np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=0)
+    w = layer.kernel.numpy()  # A row per class.
+    cosines = (x @ w.T) / np.outer(
+        np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=1)
     )
     np.testing.assert_allclose(logits, 3.0 * cosines, rtol=1e-5, atol=1e-6)
     # Only directions count: a longer feature vector gives the same logits.

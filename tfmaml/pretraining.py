@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from tfmaml.checks import check_int
+from tfmaml.prototypes import prototype_logits
 
 HEAD_NAME = "pretraining_head"
 HEADS = ("linear", "cosine")
@@ -36,8 +37,9 @@ HEADS = ("linear", "cosine")
 @keras.saving.register_keras_serializable(package="tfmaml")
 class CosineLogits(keras.layers.Layer):
     """`units` logits: `scale` times the cosine similarity of the input
-    vector and each unit's weight vector, with `scale` learned (as its
-    logarithm, so it stays positive).
+    vector and each unit's weight vector (a row of `kernel`, like a
+    prototype; the cosine is `ProtoNet(distance="cosine")`'s), with `scale`
+    learned (as its logarithm, so it stays positive).
 
     Why the scale: cosines lie in [-1, 1], so without it a softmax over
     hundreds of classes stays nearly uniform and the loss cannot fall.
@@ -58,7 +60,7 @@ class CosineLogits(keras.layers.Layer):
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
-            shape=(input_shape[-1], self.units),
+            shape=(self.units, input_shape[-1]),
             initializer="glorot_uniform",
             name="kernel",
         )
@@ -69,12 +71,11 @@ class CosineLogits(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        directions = tf.math.l2_normalize(inputs, axis=-1)
-        kernel = tf.math.l2_normalize(self.kernel, axis=0)
-        return tf.exp(self.log_scale) * tf.matmul(directions, kernel)
+        cosines = prototype_logits(inputs, self.kernel, "cosine")
+        return tf.exp(self.log_scale) * cosines
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.units)
+        return (input_shape[0], self.units)
 
     def get_config(self):
         return {
