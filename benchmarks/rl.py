@@ -97,6 +97,7 @@ def main(argv):
     from tfmaml import inner_loop
     from tfmaml import plots
     from tfmaml import rl
+    from tfmaml import rl_tasks
     from tfmaml.configs import navigation2d
 
     os.makedirs(FLAGS.out, exist_ok=True)
@@ -133,7 +134,7 @@ def main(argv):
         models[name] = models["pretrained"]
         rules[name] = inner_loop.SGD((rate, rate / 5))
     results = {
-        name: experiment.evaluate_rl_returns(
+        name: rl_tasks.evaluate_rl_returns(
             m, config, task_batch, inner_optimizer=rules.get(name)
         )
         for name, m in models.items()

@@ -145,6 +145,7 @@ def report_quality(config, splits):
 
     from tfmaml import experiment
     from tfmaml import rl
+    from tfmaml import rl_tasks
 
     model = keras.models.load_model(os.path.join(FLAGS.workdir, "model.keras"))
     task_batch = next(iter(splits.test))[rl.task_families.TASKS]
@@ -154,7 +155,7 @@ def report_quality(config, splits):
         "random init": experiment.build_model(config),
     }
     results = {
-        name: experiment.evaluate_rl_returns(m, config, task_batch)
+        name: rl_tasks.evaluate_rl_returns(m, config, task_batch)
         for name, m in models.items()
     }
     if config.task == "metaworld":
@@ -167,7 +168,7 @@ def report_quality(config, splits):
             )
         )[rl.task_families.TASKS]
         results["MAML (tfmaml), meta-train tasks"] = (
-            experiment.evaluate_rl_returns(model, config, train_batch)
+            rl_tasks.evaluate_rl_returns(model, config, train_batch)
         )
     for m in models.values():
         m.family.close()
@@ -221,8 +222,9 @@ def report_speed(config, splits):
 
     from tfmaml import experiment
     from tfmaml import rl
+    from tfmaml import rl_tasks
 
-    family = experiment.build_family(config)
+    family = rl_tasks.build_family(config)
     count = config.meta_batch_size * config.num_trajectories
     workers = [int(w) for w in FLAGS.workers.split(",")]
     rates, alone = {}, {}

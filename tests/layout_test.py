@@ -53,6 +53,7 @@ ORDER = [
     "tfmaml.training",
     "tfmaml.evaluation",
     "tfmaml.image_tasks",
+    "tfmaml.rl_tasks",
     "tfmaml.configs",
     "tfmaml.experiment",
     "tfmaml.plots",

@@ -215,10 +215,12 @@ def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
 
 
 def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
+    # The recipe's shape: an ensemble of embeddings, each pretrained.
     trained = _run(
         "tfmaml.train",
         "--config=" + str(CONFIGS / "omniglot_20way_1shot.py") + ":smoke",
         f"--config.data_dir={OMNIGLOT}",
+        "--config.ensemble_size=2",
         "--config.pretrain_steps=4",
         "--config.pretrain_batch_size=16",
         "--config.total_steps=0",
@@ -232,13 +234,22 @@ def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
     assert (tmp_path / "run" / experiment.PRETRAINED_WEIGHTS).exists()
     figures = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert set(figures) == {"random", "within_alphabet"}
+    assert trained.stdout.count("Pretrained ensemble member") == 2
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
-    embedding = tfmaml.networks.conv4((28, 28, 1), None, filters=8)
+    embedding = tfmaml.networks.embedding_ensemble(
+        [
+            tfmaml.networks.conv4((28, 28, 1), None, filters=8, name=name)
+            for name in ("conv4_0", "conv4_1")
+        ]
+    )
     embedding.load_weights(tmp_path / "run" / experiment.PRETRAINED_WEIGHTS)
     for saved, pretrained in zip(
         model.base_model.get_weights(), embedding.get_weights(), strict=True
     ):
         np.testing.assert_array_equal(saved, pretrained)
+    # Each member trained on its own draws, from its own initialisation.
+    first, second = tfmaml.networks.ensemble_members(model.base_model)
+    assert not np.allclose(first.get_weights()[0], second.get_weights()[0])
     served = tf.saved_model.load(str(tmp_path / "exported"))
     raw = np.random.default_rng(0).integers(0, 256, (6, 105, 105, 1))
     out = served.adapt_and_predict(

@@ -138,6 +138,60 @@ def test_bad_support_sets_are_named():
         tfmaml.ProtoNet(_embedding()).compile("adam", loss="mse")
 
 
+def test_a_protonet_over_an_embedding_ensemble_sums_its_members_cosines(
+    tmp_path,
+):
+    members = [_embedding(units=units) for units in (4, 3)]
+    model = tfmaml.ProtoNet(tfmaml.networks.embedding_ensemble(members))
+    model.compile("adam", loss=SCE)
+    x, _ = _clusters(np.random.default_rng(8), 1, 4, 1, 3)
+    support, labels, queries = (
+        x["support_x"][0],
+        x["support_y"][0],
+        x["query_x"][0],
+    )
+    logits = model.adapt_and_predict(support, labels, queries).numpy()
+    # One shot: each member's prototype is its support embedding, and the
+    # joint squared distance is the sum over members of 2 - 2 cos.
+    expected = sum(
+        2.0
+        * _hand_logits(
+            m(support).numpy(), labels, m(queries).numpy(), "cosine"
+        )[0]
+        - 2.0
+        for m in members
+    )
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    assert [
+        m.name for m in tfmaml.networks.ensemble_members(model.base_model)
+    ] == [m.name for m in members]
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(
+        loaded.adapt_and_predict(support, labels, queries), logits, atol=1e-6
+    )
+
+
+def test_an_embedding_ensemble_refuses_members_that_do_not_fit():
+    with pytest.raises(ValueError, match="two or more members. Received 1"):
+        tfmaml.networks.embedding_ensemble([_embedding()])
+    with pytest.raises(
+        ValueError, match=r"'wide' takes inputs of shape \(7,\)"
+    ):
+        wide = keras.Sequential(
+            [keras.Input((7,)), keras.layers.Dense(2)], name="wide"
+        )
+        tfmaml.networks.embedding_ensemble([_embedding(), wide])
+    image = tfmaml.networks.conv4((16, 16, 1), None, filters=2, name="flat")
+    unflat = keras.Sequential(
+        [keras.Input((16, 16, 1)), keras.layers.Conv2D(2, 3)], name="maps"
+    )
+    with pytest.raises(
+        ValueError, match=r"'maps' outputs shape \(None, 14, 14, 2\)"
+    ):
+        tfmaml.networks.embedding_ensemble([image, unflat])
+
+
 def _proto_maml(ways=3, **kwargs):
     model = tfmaml.ProtoMAML(
         keras.Sequential(

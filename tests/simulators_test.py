@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfmaml import experiment
 from tfmaml import rl
+from tfmaml import rl_tasks
 from tfmaml.configs import cheetah_direction
 from tfmaml.configs import cheetah_velocity
 from tfmaml.configs import metaworld_ml1
@@ -370,7 +371,7 @@ def test_configs_train_evaluate_and_round_trip(name, tmp_path):
         for a, b in zip(before, model.get_weights(), strict=True)
     )
     task_batch = next(iter(splits.test))["tasks"]
-    results = experiment.evaluate_rl_returns(model, config, task_batch)
+    results = rl_tasks.evaluate_rl_returns(model, config, task_batch)
     assert [r.steps for r in results] == [0, 1]
     metaworld = config.task == "metaworld"
     assert (results[0].success is not None) == metaworld

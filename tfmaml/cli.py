@@ -12,6 +12,7 @@ from tfmaml import evaluation
 from tfmaml import experiment
 from tfmaml import image_tasks
 from tfmaml import rl
+from tfmaml import rl_tasks
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "sinusoid.py")
 MODEL_FILE = "model.keras"
@@ -71,7 +72,7 @@ def evaluate_and_report(model, config, test, workdir) -> list:
     """
     if experiment.is_rl(config):
         task_batch = next(iter(test))[rl.task_families.TASKS]
-        results = experiment.evaluate_rl_returns(model, config, task_batch)
+        results = rl_tasks.evaluate_rl_returns(model, config, task_batch)
         table = rl.format_returns(results)
         figures = {"random": results}
     else:

@@ -19,6 +19,7 @@ from absl import flags
 from tfmaml import cli
 from tfmaml import console
 from tfmaml import experiment
+from tfmaml import rl_tasks
 
 cli.define_flags()
 flags.DEFINE_string(
@@ -73,7 +74,7 @@ def _compare_rl_baselines(model, results, config, test, workdir):
         )
     results = {"MAML": results}
     for name, baseline in baselines.items():
-        results[name] = experiment.evaluate_rl_returns(
+        results[name] = rl_tasks.evaluate_rl_returns(
             baseline, config, task_batch
         )
     tables = [rl.format_returns(results[name], name) for name in baselines]

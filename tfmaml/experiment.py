@@ -1,13 +1,16 @@
 """Builds an experiment's data and model from its config.
 
-The one place that reads configs, shared by `tfmaml.train`,
-`tfmaml.evaluate` and the benchmarks, so they always agree on what a
-config means. A new data source is one loading function and one line in
+The one entry to what a config means, shared by `tfmaml.train`,
+`tfmaml.evaluate` and the benchmarks, so they always agree; the image and
+meta-RL specifics live in `tfmaml.image_tasks` and `tfmaml.rl_tasks`. A
+new data source is one loading function and one line in
 `tfmaml.image_tasks.IMAGE_SOURCES`; a new algorithm is one line in
 `tfmaml.algorithms.ALGORITHMS`.
 """
 
 import os
+import time
+from collections.abc import Callable
 
 import keras
 import ml_collections
@@ -16,11 +19,12 @@ import tensorflow as tf
 from tfmaml import algorithms
 from tfmaml import data
 from tfmaml import image_tasks
-from tfmaml import inner_loop
 from tfmaml import networks
 from tfmaml import pretraining
 from tfmaml import rl
+from tfmaml import rl_tasks
 from tfmaml.adapted_variables import names_without_normalization
+from tfmaml.checks import check_int
 from tfmaml.data import Splits
 from tfmaml.data.streams import SPLIT_SEED_OFFSETS
 from tfmaml.image_tasks import IMAGE_SOURCES
@@ -150,7 +154,7 @@ def build_splits(
     if config.task in IMAGE_SOURCES:
         return image_tasks.image_splits(config, train_start)
     if is_rl(config):
-        return _rl_splits(config, train_start)
+        return rl_tasks.rl_splits(config, train_start)
     if config.task != "sinusoid":
         raise ValueError(
             f"Unknown `task` {config.task!r}; known tasks: {list(TASKS)}."
@@ -225,14 +229,28 @@ def build_network(
     """
     if config.network == "conv4":
         channels = IMAGE_SOURCES[config.task].raw_shape[-1]
-        return networks.conv4(
-            (*config.image_size, channels),
-            config.num_ways if head else None,
-            filters=config.filters,
-            norm_steps=(
-                config.inner_steps if config.per_step_batch_norm else None
-            ),
+        size = check_int(
+            "ensemble_size", config.get("ensemble_size", 1), minimum=1
         )
+        if size > 1 and head:
+            raise ValueError(
+                f"ensemble_size={size} joins embeddings (a ProtoNet's "
+                f"network, without a head); algorithm={config.algorithm!r} "
+                "needs a network ending in a head of num_ways classes."
+            )
+        conv4s = [
+            networks.conv4(
+                (*config.image_size, channels),
+                config.num_ways if head else None,
+                filters=config.filters,
+                norm_steps=(
+                    config.inner_steps if config.per_step_batch_norm else None
+                ),
+                name="conv4" if size == 1 else f"conv4_{i}",
+            )
+            for i in range(size)
+        ]
+        return conv4s[0] if size == 1 else networks.embedding_ensemble(conv4s)
     if config.network == "mlp":
         return networks.mlp(
             (1,),
@@ -257,7 +275,7 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
         ValueError: If `config.algorithm` is unknown.
     """
     if is_rl(config):
-        return _rl_model(config)
+        return rl_tasks.rl_model(config)
     if config.algorithm not in algorithms.ALGORITHMS:
         raise ValueError(
             f"Unknown `algorithm` {config.algorithm!r}; known algorithms: "
@@ -403,10 +421,13 @@ def pretrain(
     workdir: str,
     *,
     verbose: int = 0,
+    report: Callable[[str], None] | None = None,
 ) -> bool:
     """Pretrains a ProtoNet's embedding on whole classes before its episodes
     (`tfmaml.pretraining`; `config.pretrain_steps` batches, 0: nothing to
-    do); returns whether it trained. The weights go to
+    do); returns whether it trained. An embedding ensemble
+    (`config.ensemble_size`) pretrains each member in turn, each with its
+    own head and batches. The weights go to
     `WORKDIR/pretrained.weights.h5`; a run that finds them there (started
     again after a stop) loads them instead, so it goes on from the same
     embedding (a run stopped during pretraining pretrains again, from its
@@ -418,6 +439,8 @@ def pretrain(
         config: The experiment config.
         workdir: The run's directory.
         verbose: `fit`'s verbosity. Defaults to 0.
+        report: Called with a line as each ensemble member ends (its
+            minutes). Defaults to none.
 
     Raises:
         ValueError: If the config pretrains anything but a ProtoNet.
@@ -435,22 +458,39 @@ def pretrain(
     if os.path.exists(path):
         model.base_model.load_weights(path)
         return False
-    batches, num_classes = image_tasks.labelled_training_batches(config)
-    pretraining.pretrain_embedding(
-        model.base_model,
-        batches,
-        num_classes,
-        steps=steps,
-        learning_rate=config.pretrain_learning_rate,
-        head=config.get("pretrain_head", "linear"),
-        steps_per_epoch=config.steps_per_epoch,
-        callbacks=[
-            keras.callbacks.TensorBoard(
-                os.path.join(workdir, "tensorboard", "pretraining")
-            )
-        ],
-        verbose=verbose,
+    ensemble = config.get("ensemble_size", 1) > 1
+    members = (
+        networks.ensemble_members(model.base_model)
+        if ensemble
+        else [model.base_model]
     )
+    logs = os.path.join(workdir, "tensorboard", "pretraining")
+    for i, member in enumerate(members):
+        start = time.perf_counter()
+        batches, num_classes = image_tasks.labelled_training_batches(
+            config, member=i
+        )
+        pretraining.pretrain_embedding(
+            member,
+            batches,
+            num_classes,
+            steps=steps,
+            learning_rate=config.pretrain_learning_rate,
+            head=config.get("pretrain_head", "linear"),
+            steps_per_epoch=config.steps_per_epoch,
+            callbacks=[
+                keras.callbacks.TensorBoard(
+                    os.path.join(logs, member.name) if ensemble else logs
+                )
+            ],
+            verbose=verbose,
+        )
+        if ensemble and report:
+            report(
+                f"Pretrained ensemble member {member.name} ({i + 1} of "
+                f"{len(members)}) for {steps} steps in "
+                f"{(time.perf_counter() - start) / 60:.1f} min."
+            )
     model.base_model.save_weights(path)
     return True
 
@@ -480,111 +520,3 @@ def export_model(
         preprocessing=build_preprocessing(config),
     )
     return "serving_default and adapt_and_predict"
-
-
-def build_family(config: ml_collections.ConfigDict) -> rl.TaskFamily:
-    """The config's meta-RL task family.
-
-    Args:
-        config: A meta-RL config (`config.task` names the family).
-    """
-    return rl.FAMILIES[config.task](
-        horizon=config.horizon, **dict(config.get("family_args", {}))
-    )
-
-
-def test_time_inner_optimizer(
-    config: ml_collections.ConfigDict,
-) -> inner_loop.InnerOptimizer:
-    """The rule a meta-RL config adapts with at test time: `inner_lr`, then
-    `later_inner_lr` for each later step.
-
-    Args:
-        config: A meta-RL config.
-    """
-    return inner_loop.SGD((config.inner_lr, config.later_inner_lr))
-
-
-def evaluate_rl_returns(
-    model: keras.Model,
-    config: ml_collections.ConfigDict,
-    task_batch: tf.Tensor,
-    *,
-    inner_optimizer: inner_loop.InnerOptimizer | None = None,
-) -> list:
-    """A meta-RL model's returns after `config.eval_step_counts` inner
-    steps on `task_batch`, with the config's episodes, seed and test-time
-    inner optimiser (see `tfmaml.rl.evaluate_returns`).
-
-    Args:
-        model: A `tfmaml.rl.MetaRL`.
-        config: Its config.
-        task_batch: `[tasks, task_size]` test tasks.
-        inner_optimizer: Another test-time rule. Defaults to the config's
-            (`test_time_inner_optimizer`).
-    """
-    return rl.evaluate_returns(
-        model,
-        task_batch,
-        step_counts=tuple(config.eval_step_counts),
-        num_trajectories=config.eval_num_trajectories,
-        seed=config.seed,
-        inner_optimizer=inner_optimizer or test_time_inner_optimizer(config),
-    )
-
-
-def _rl_splits(config, train_start):
-    family = build_family(config)
-
-    def stream(split, meta_batch_size, **kwargs):
-        return rl.task_batches(
-            family,
-            meta_batch_size,
-            seed=config.seed + SPLIT_SEED_OFFSETS[split],
-            **kwargs,
-        )
-
-    return Splits(
-        train=stream("train", config.meta_batch_size, start=train_start),
-        validation=stream(
-            "validation",
-            config.meta_batch_size,
-            num_batches=config.validation_batches,
-        ),
-        # A family with held-out tasks (Meta-World's) is tested on them.
-        test=stream("test", config.eval_tasks, num_batches=1, held_out=True),
-    )
-
-
-def _rl_model(config):
-    family = build_family(config)
-    policy = rl.gaussian_mlp(
-        family.observation_size,
-        family.action_size,
-        hidden_units=tuple(config.hidden_units),
-        activation=config.activation,
-    )
-    model = rl.MetaRL(
-        policy,
-        family,
-        inner_optimizer=test_time_inner_optimizer(config),
-        inner_steps=config.inner_steps,
-        first_order=config.first_order,
-        num_trajectories=config.num_trajectories,
-        discount=config.discount,
-        gae_lambda=config.gae_lambda,
-        outer=config.outer,
-        max_kl=config.max_kl,
-        sampling_correction=config.sampling_correction,
-    )
-    model.compile(
-        # TRPO's own default, SGD(1.0), applies its step.
-        optimizer=(
-            None
-            if config.outer == "trpo"
-            else keras.optimizers.Adam(config.learning_rate)
-        ),
-        steps_per_execution=config.steps_per_execution,
-        jit_compile=config.jit_compile,
-    )
-    return model

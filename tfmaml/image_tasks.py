@@ -163,7 +163,7 @@ def image_splits(
 
 
 def labelled_training_batches(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict, member: int = 0
 ) -> tuple[tf.data.Dataset, int]:
     """The training classes as labelled batches for whole-class
     pretraining (`tfmaml.data.labelled_batches`: the config's rotations,
@@ -172,6 +172,9 @@ def labelled_training_batches(
 
     Args:
         config: An image config.
+        member: Which member of an embedding ensemble the batches train:
+            each member draws its own batches and distortions. Defaults
+            to 0.
     """
     source = data.prepare(_load_classes(config).train, preprocessing(config))
     orientations = {
@@ -181,15 +184,20 @@ def labelled_training_batches(
     batches = data.labelled_batches(
         source,
         config.pretrain_batch_size,
-        seed=config.seed + SPLIT_SEED_OFFSETS["train"] + PRETRAINING_SEED,
+        seed=config.seed
+        + SPLIT_SEED_OFFSETS["train"]
+        + PRETRAINING_SEED
+        + member * MEMBER_SEED_STRIDE,
         augment=_augmentation(config),
         **orientations,
     )
     return batches, data.labelled_classes(source, **orientations)
 
 
-# Pretraining's draws, apart from the training episodes'.
+# Pretraining's draws, apart from the training episodes', and each
+# ensemble member's apart from the others' (and from other seeds').
 PRETRAINING_SEED = 7_000_003
+MEMBER_SEED_STRIDE = 1_000_033
 
 
 def train_num_ways(config: ml_collections.ConfigDict) -> int:

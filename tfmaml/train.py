@@ -87,7 +87,7 @@ def main(argv):
     fit_start = time.perf_counter()
     with strategy.scope():
         if experiment.pretrain(
-            model, config, workdir, verbose=FLAGS.fit_verbose
+            model, config, workdir, verbose=FLAGS.fit_verbose, report=print
         ):
             scores = model.evaluate(
                 splits.validation, verbose=0, return_dict=True

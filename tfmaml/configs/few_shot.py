@@ -83,6 +83,10 @@ def few_shot_config(
     # Network and loss.
     config.network = "conv4"
     config.filters = filters
+    # Conv4s in one embedding (`tfmaml.networks.embedding_ensemble`: each
+    # unit-length, concatenated), each pretrained on its own when
+    # `pretrain_steps` is set; 1: one Conv4. Only a ProtoNet's embedding.
+    config.ensemble_size = 1
     config.loss = {
         "class_name": "SparseCategoricalCrossentropy",
         "config": {"from_logits": True},

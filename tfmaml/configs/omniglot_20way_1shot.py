@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.restore_best_weights = True
     if "smoke" not in variants:
         config.filters = 96
+        config.ensemble_size = 3
         config.pretrain_steps = 3000
         config.total_steps = 0  # Episodes after pretraining: level.
         config.steps_per_epoch = 50
