@@ -208,6 +208,9 @@ def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
     with pytest.raises(ValueError, match=r"head.*'dot'"):
         experiment.pretrain(again, config, str(tmp_path / "dot"))
     assert not (tmp_path / "dot" / experiment.PRETRAINED_WEIGHTS).exists()
+    # Named too when the weights are kept and would only be loaded.
+    with pytest.raises(ValueError, match=r"pretrain_head='dot'"):
+        experiment.pretrain(again, config, str(tmp_path))
     maml = omniglot_20way_1shot.get_config("maml,smoke")
     maml.pretrain_steps = 3
     with pytest.raises(ValueError, match="pretrain_steps.*algorithm='maml'"):

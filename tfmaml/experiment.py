@@ -443,7 +443,8 @@ def pretrain(
             minutes). Defaults to none.
 
     Raises:
-        ValueError: If the config pretrains anything but a ProtoNet.
+        ValueError: If the config pretrains anything but a ProtoNet, or
+            names an unknown `pretrain_head`.
     """
     steps = config.get("pretrain_steps", 0)
     if not steps:
@@ -453,6 +454,12 @@ def pretrain(
             "pretrain_steps pretrains a ProtoNet's embedding (a network "
             f"without a head); algorithm={config.algorithm!r} has a head "
             f"of num_ways classes. Received: pretrain_steps={steps}"
+        )
+    head = config.get("pretrain_head", "linear")
+    if head not in pretraining.HEADS:  # Also when the weights are kept.
+        raise ValueError(
+            f"`pretrain_head` must be one of {list(pretraining.HEADS)}. "
+            f"Received: pretrain_head={head!r}"
         )
     path = os.path.join(workdir, PRETRAINED_WEIGHTS)
     if os.path.exists(path):
@@ -476,7 +483,7 @@ def pretrain(
             num_classes,
             steps=steps,
             learning_rate=config.pretrain_learning_rate,
-            head=config.get("pretrain_head", "linear"),
+            head=head,
             steps_per_epoch=config.steps_per_epoch,
             callbacks=[
                 keras.callbacks.TensorBoard(
