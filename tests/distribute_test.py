@@ -171,8 +171,9 @@ def test_two_workers_over_loopback_train_like_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    # Two epochs: killed in the second, after its first backups.
     overrides = [
-        "--config.total_steps=3000",
+        "--config.total_steps=2000",
         "--config.steps_per_epoch=1000",
         "--config.steps_per_execution=10",
         "--config.backup_every=100",
