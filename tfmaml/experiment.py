@@ -455,28 +455,21 @@ def pretrain(
             f"without a head); algorithm={config.algorithm!r} has a head "
             f"of num_ways classes. Received: pretrain_steps={steps}"
         )
-    head = config.get("pretrain_head", "linear")
-    if head not in pretraining.HEADS:  # Also when the weights are kept.
-        raise ValueError(
-            f"`pretrain_head` must be one of {list(pretraining.HEADS)}. "
-            f"Received: pretrain_head={head!r}"
-        )
+    head = pretraining.check_head(  # Also when the weights are kept.
+        config.get("pretrain_head", "linear"), "pretrain_head"
+    )
     path = os.path.join(workdir, PRETRAINED_WEIGHTS)
     if os.path.exists(path):
         model.base_model.load_weights(path)
         return False
-    ensemble = config.get("ensemble_size", 1) > 1
-    members = (
-        networks.ensemble_members(model.base_model)
-        if ensemble
-        else [model.base_model]
+    members = networks.ensemble_members(model.base_model) or [model.base_model]
+    ensemble = len(members) > 1
+    streams, num_classes = image_tasks.labelled_training_batches(
+        config, members=len(members)
     )
     logs = os.path.join(workdir, "tensorboard", "pretraining")
-    for i, member in enumerate(members):
+    for i, (member, batches) in enumerate(zip(members, streams, strict=True)):
         start = time.perf_counter()
-        batches, num_classes = image_tasks.labelled_training_batches(
-            config, member=i
-        )
         pretraining.pretrain_embedding(
             member,
             batches,

@@ -163,35 +163,36 @@ def image_splits(
 
 
 def labelled_training_batches(
-    config: ml_collections.ConfigDict, member: int = 0
-) -> tuple[tf.data.Dataset, int]:
+    config: ml_collections.ConfigDict, members: int = 1
+) -> tuple[list[tf.data.Dataset], int]:
     """The training classes as labelled batches for whole-class
     pretraining (`tfmaml.data.labelled_batches`: the config's rotations,
     reflections and augmentation, `config.pretrain_batch_size` images a
-    batch), and how many classes they label.
+    batch), one stream per member of an embedding ensemble, each with its
+    own draws and distortions (member 0's are a single embedding's), and
+    how many classes they label. The split is preprocessed once for all.
 
     Args:
         config: An image config.
-        member: Which member of an embedding ensemble the batches train:
-            each member draws its own batches and distortions. Defaults
-            to 0.
+        members: How many streams. Defaults to 1.
     """
     source = data.prepare(_load_classes(config).train, preprocessing(config))
     orientations = {
         "rotations": config.rotations,
         "reflections": config.get("reflections", False),
     }
-    batches = data.labelled_batches(
-        source,
-        config.pretrain_batch_size,
-        seed=config.seed
-        + SPLIT_SEED_OFFSETS["train"]
-        + PRETRAINING_SEED
-        + member * MEMBER_SEED_STRIDE,
-        augment=_augmentation(config),
-        **orientations,
-    )
-    return batches, data.labelled_classes(source, **orientations)
+    seed = config.seed + SPLIT_SEED_OFFSETS["train"] + PRETRAINING_SEED
+    streams = [
+        data.labelled_batches(
+            source,
+            config.pretrain_batch_size,
+            seed=seed + member * MEMBER_SEED_STRIDE,
+            augment=_augmentation(config),
+            **orientations,
+        )
+        for member in range(members)
+    ]
+    return streams, data.labelled_classes(source, **orientations)
 
 
 # Pretraining's draws, apart from the training episodes', and each

@@ -85,6 +85,17 @@ class CosineLogits(keras.layers.Layer):
         }
 
 
+def check_head(head: str, argument: str = "head") -> str:
+    """Returns `head` if it is one of `HEADS`, else `ValueError` naming
+    `argument` (a config says `pretrain_head`)."""
+    if head not in HEADS:
+        raise ValueError(
+            f"`{argument}` must be one of {list(HEADS)}. Received: "
+            f"{argument}={head!r}"
+        )
+    return head
+
+
 def classifier(
     embedding: keras.Model, num_classes: int, head: str = "linear"
 ) -> keras.Model:
@@ -97,10 +108,7 @@ def classifier(
             (`[batch, features]`).
     """
     check_int("num_classes", num_classes, minimum=2)
-    if head not in HEADS:
-        raise ValueError(
-            f"`head` must be one of {list(HEADS)}. Received: head={head!r}"
-        )
+    check_head(head)
     try:
         shape = embedding.compute_output_shape(embedding.input_shape)
     except (AttributeError, NotImplementedError, ValueError):
