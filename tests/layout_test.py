@@ -17,6 +17,7 @@ ORDER = [
     "tfmaml.data.streams",
     "tfmaml.data.sinusoid",
     "tfmaml.data.sources",
+    "tfmaml.data.joined",
     "tfmaml.data.augmentation",
     "tfmaml.data.episodes",
     "tfmaml.data.labelled",

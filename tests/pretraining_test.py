@@ -15,6 +15,7 @@ from train_test import _run
 
 import tfmaml
 from tfmaml import experiment
+from tfmaml import image_tasks
 from tfmaml import pretraining
 from tfmaml.configs import omniglot_20way_1shot
 from tfmaml.data import labelled_batches
@@ -183,6 +184,25 @@ def test_pretraining_learns_an_embedding_that_separates_new_draws(head):
     assert after >= 0.9 and after > before + 0.3, (before, after)
 
 
+def test_pretraining_on_validation_labels_its_classes_too():
+    config = omniglot_20way_1shot.get_config("smoke")
+    config.data_dir = str(OMNIGLOT)
+    config.pretrain_batch_size = 512
+    (alone,), classes = image_tasks.labelled_training_batches(config)
+    config.pretrain_on_validation = True
+    (joined,), more = image_tasks.labelled_training_batches(config)
+    # The subsets split: 109 training and 27 validation characters, each
+    # in its eight orientations.
+    assert (classes, more) == (8 * 109, 8 * 136)
+    # Labels past the training characters' are drawn; the first batch of
+    # images is not what the training classes alone gave.
+    labels = np.concatenate([y.numpy() for _, y in joined.take(4)])
+    assert labels.max() >= classes and labels.min() >= 0
+    assert labels.max() < more
+    first = next(iter(alone))[1].numpy()
+    assert not np.array_equal(first, labels[: len(first)])
+
+
 def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
     config = omniglot_20way_1shot.get_config("smoke")
     config.data_dir = str(OMNIGLOT)
@@ -211,6 +231,16 @@ def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
     # Named too when the weights are kept and would only be loaded.
     with pytest.raises(ValueError, match=r"pretrain_head='dot'"):
         experiment.pretrain(again, config, str(tmp_path))
+    # Pretraining on the validation classes too: only where nothing
+    # after it would be chosen on them, and only with pretraining.
+    config.pretrain_head = "linear"
+    config.pretrain_on_validation = True
+    config.total_steps = 5
+    with pytest.raises(ValueError, match="use it with total_steps=0"):
+        experiment.pretrain(again, config, str(tmp_path / "validation"))
+    config.total_steps, config.pretrain_steps = 0, 0
+    with pytest.raises(ValueError, match="pretrain_steps=0 pretrains nothing"):
+        experiment.pretrain(again, config, str(tmp_path / "validation"))
     maml = omniglot_20way_1shot.get_config("maml,smoke")
     maml.pretrain_steps = 3
     with pytest.raises(ValueError, match="pretrain_steps.*algorithm='maml'"):
@@ -227,6 +257,7 @@ def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
         "--config.pretrain_steps=4",
         "--config.pretrain_batch_size=16",
         "--config.total_steps=0",
+        "--config.pretrain_on_validation=True",
         "--workdir=run",
         "--export_dir=exported",
         "--fit_verbose=0",
@@ -234,6 +265,7 @@ def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "Pretrained the embedding for 4 steps" in trained.stdout
+    assert "validation (classes pretrained on): accuracy" in trained.stdout
     assert (tmp_path / "run" / experiment.PRETRAINED_WEIGHTS).exists()
     figures = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert set(figures) == {"random", "within_alphabet"}

@@ -333,3 +333,147 @@ def test_keras_file_and_export_give_the_models_outputs(
         np.testing.assert_allclose(
             np.array(json.loads(line)), task["expected"], atol=1e-5
         )
+
+
+def _image_embedding():
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(3, 3, activation="tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4),
+        ]
+    )
+
+
+def test_support_views_average_each_support_image_with_its_copies(
+    tmp_path, run_without_tfmaml
+):
+    views = 3
+    augment = tfmaml.data.AffineAugmentation(20.0, 0.1, 0.1, 0.1)
+    model = tfmaml.ProtoNet(
+        _image_embedding(), support_views=views, view_augmentation=augment
+    )
+    model.compile("adam", loss=SCE)
+    rng = np.random.default_rng(3)
+    support = rng.uniform(size=(4, 8, 8, 1)).astype("f4")
+    labels = np.array([0, 1, 2, 0], "int32")
+    queries = rng.uniform(size=(5, 8, 8, 1)).astype("f4")
+    # By hand: copy i moves every support image by the i-th fixed draw.
+    net = model.base_model
+    copies = [
+        augment(
+            support,
+            tf.constant([prototypes.SUPPORT_VIEW_SEED, i], tf.int64),
+            one_draw=True,
+        )
+        for i in range(views)
+    ]
+    assert not np.allclose(copies[0], support)
+    embedded = (net(support) + sum(net(c) for c in copies)) / (1 + views)
+    expected, _ = _hand_logits(embedded.numpy(), labels, net(queries).numpy())
+    logits = model.adapt_and_predict(support, labels, queries).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # Evaluation's path (every task of a batch) and `adapt` agree.
+    batch = {
+        "support_x": support[None],
+        "support_y": labels[None],
+        "query_x": queries[None],
+    }
+    np.testing.assert_allclose(
+        model.predict(batch, verbose=0)[0], expected, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.adapt(support, labels)(queries), expected, rtol=1e-5, atol=1e-5
+    )
+    # The same draw for every image: the support's order changes nothing.
+    order = np.array([3, 1, 0, 2])
+    np.testing.assert_allclose(
+        model.adapt_and_predict(support[order], labels[order], queries),
+        logits,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Without distortion the copies are the images: plain prototypes.
+    still = tfmaml.ProtoNet(
+        net,
+        support_views=2,
+        view_augmentation={"rotation": 0, "shear": 0, "scale": 0, "shift": 0},
+    )
+    still.compile("adam", loss=SCE)
+    plain, _ = _hand_logits(net(support).numpy(), labels, net(queries).numpy())
+    np.testing.assert_allclose(
+        still.adapt_and_predict(support, labels, queries), plain, atol=1e-5
+    )
+    # The .keras file and the export (a client without tfmaml) keep them.
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert (loaded.support_views, loaded.view_augmentation) == (views, augment)
+    np.testing.assert_allclose(
+        loaded.adapt_and_predict(support, labels, queries), logits, atol=1e-6
+    )
+    model.export(tmp_path / "saved")
+    np.savez(tmp_path / "task.npz", s=support, y=labels, q=queries)
+    result = run_without_tfmaml(
+        """
+        import json
+        import numpy as np
+        import tensorflow as tf
+        served = tf.saved_model.load("saved")
+        task = np.load("task.npz")
+        out = served.adapt_and_predict(
+            support_x=task["s"], support_y=task["y"], query_x=task["q"]
+        )
+        print(json.dumps(out["predictions"].numpy().tolist()))
+        """
+    )
+    served = np.array(json.loads(result.stdout.splitlines()[-1]))
+    np.testing.assert_allclose(served, logits, atol=1e-5)
+
+
+def test_support_views_leave_training_as_it_was():
+    nets = [_image_embedding(), _image_embedding()]
+    nets[1].set_weights(nets[0].get_weights())
+    models = [
+        tfmaml.ProtoNet(nets[0], support_views=4),
+        tfmaml.ProtoNet(nets[1]),
+    ]
+    rng = np.random.default_rng(4)
+    x = {
+        "support_x": rng.uniform(size=(2, 3, 8, 8, 1)).astype("f4"),
+        "support_y": np.tile(np.arange(3, dtype="int32"), (2, 1)),
+        "query_x": rng.uniform(size=(2, 6, 8, 8, 1)).astype("f4"),
+    }
+    y = np.tile(np.repeat(np.arange(3, dtype="int32"), 2), (2, 1))
+    losses = []
+    for model in models:
+        model.compile(keras.optimizers.SGD(0.1), loss=SCE)
+        losses.append([model.train_on_batch(x, y) for _ in range(2)])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+    # Evaluation uses the views: there the two differ.
+    assert not np.allclose(
+        models[0].predict(x, verbose=0), models[1].predict(x, verbose=0)
+    )
+
+
+def test_bad_support_views_are_named():
+    with pytest.raises(ValueError, match=r"support_views=-1"):
+        tfmaml.ProtoNet(_image_embedding(), support_views=-1)
+    with pytest.raises(ValueError, match=r"support_views=2.5"):
+        tfmaml.ProtoNet(_image_embedding(), support_views=2.5)
+    with pytest.raises(TypeError, match="view_augmentation.*list"):
+        tfmaml.ProtoNet(
+            _image_embedding(), support_views=2, view_augmentation=[1.0]
+        )
+    with pytest.raises(ValueError, match=r"AffineAugmentation.shift"):
+        tfmaml.ProtoNet(
+            _image_embedding(),
+            support_views=2,
+            view_augmentation={"shift": -0.1},
+        )
+    model = tfmaml.ProtoNet(_embedding(), support_views=2)
+    model.compile("adam", loss=SCE)
+    with pytest.raises(ValueError, match=r"images.*shape \(3, 6\)"):
+        model.adapt_and_predict(
+            np.zeros((3, 6), "f4"), np.arange(3), np.zeros((2, 6), "f4")
+        )

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tfmaml.data import join_classes
 from tfmaml.data import sources
 
 OMNIGLOT_DIR = pathlib.Path(
@@ -112,6 +113,39 @@ def test_a_held_out_alphabet_is_the_whole_validation_split(omniglot):
     full = sources.from_arrays(np.zeros((1623, 2, 2, 1), np.uint8), names)
     with pytest.raises(ValueError, match="'maml' split draws"):
         sources.omniglot_splits(full, validation_alphabet="Alphabet0")
+
+
+def test_joined_splits_keep_every_class_with_its_images(omniglot):
+    splits = sources.omniglot_splits(omniglot, split="subsets")
+    joined = join_classes(
+        splits.train, splits.validation, name="train+validation"
+    )
+    assert joined.num_classes == 136
+    assert len(joined.images) == len(splits.train.images) + len(
+        splits.validation.images
+    )
+    # Each class, taken back out, is the same images and metadata.
+    for part in (splits.train, splits.validation):
+        again = sources.select_classes(joined, part.class_names, name="again")
+        np.testing.assert_array_equal(again.images, part.images)
+        np.testing.assert_array_equal(again.class_sizes, part.class_sizes)
+        for field, values in part.metadata.items():
+            np.testing.assert_array_equal(again.metadata[field], values)
+    with pytest.raises(ValueError, match=r"share 27 classes"):
+        join_classes(joined, splits.validation, name="twice")
+    small = sources.from_arrays(np.zeros((2, 3, 3, 1), np.uint8), [0, 1])
+    other = sources.from_arrays(
+        np.zeros((2, 4, 4, 1), np.uint8), [0, 1], class_names=["a", "b"]
+    )
+    with pytest.raises(ValueError, match=r"shape \(3, 3, 1\).*\(4, 4, 1\)"):
+        join_classes(small, other, name="shapes")
+    drawn = sources.from_arrays(
+        np.zeros((2, 3, 3, 1), np.uint8),
+        ["c", "d"],
+        metadata={"alphabet": ["x", "y"]},
+    )
+    with pytest.raises(ValueError, match=r"fields \[\], .* \['alphabet'\]"):
+        join_classes(small, drawn, name="fields")
 
 
 def test_the_maml_split_of_1623_characters():

@@ -286,6 +286,10 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
             "protonet",
             build_network(config, head=False),
             task_loop=config.task_loop,
+            support_views=config.get("support_views", 0),
+            view_augmentation=dict(config.augmentation)
+            if config.get("support_views", 0)
+            else None,
         )
         compile_model(model, config)
         return model
@@ -415,6 +419,26 @@ def early_stopping(
 PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 
 
+def _check_pretrain_on_validation(config, steps):
+    """Refuses `pretrain_on_validation` where it would do nothing or make
+    validation choose among episodic checkpoints by classes the embedding
+    was trained on."""
+    if not config.get("pretrain_on_validation", False):
+        return
+    if not steps:
+        raise ValueError(
+            "pretrain_on_validation=True adds the validation classes to "
+            "pretraining, but pretrain_steps=0 pretrains nothing."
+        )
+    if config.total_steps:
+        raise ValueError(
+            "pretrain_on_validation=True pretrains on the validation "
+            "classes, so validation cannot then score the episodes that "
+            "follow (checkpoints, early stopping); use it with "
+            f"total_steps=0. Received: total_steps={config.total_steps}"
+        )
+
+
 def pretrain(
     model: keras.Model,
     config: ml_collections.ConfigDict,
@@ -443,10 +467,12 @@ def pretrain(
             minutes). Defaults to none.
 
     Raises:
-        ValueError: If the config pretrains anything but a ProtoNet, or
-            names an unknown `pretrain_head`.
+        ValueError: If the config pretrains anything but a ProtoNet, names
+            an unknown `pretrain_head`, or sets `pretrain_on_validation`
+            without `pretrain_steps` or with episodes (`total_steps`).
     """
     steps = config.get("pretrain_steps", 0)
+    _check_pretrain_on_validation(config, steps)
     if not steps:
         return False
     if config.algorithm != "protonet":

@@ -171,12 +171,20 @@ def labelled_training_batches(
     batch), one stream per member of an embedding ensemble, each with its
     own draws and distortions (member 0's are a single embedding's), and
     how many classes they label. The split is preprocessed once for all.
+    With `config.pretrain_on_validation` the validation classes are
+    training classes too (`data.sources.join_classes`).
 
     Args:
         config: An image config.
         members: How many streams. Defaults to 1.
     """
-    source = data.prepare(_load_classes(config).train, preprocessing(config))
+    classes = _load_classes(config)
+    source = classes.train
+    if config.get("pretrain_on_validation", False):
+        source = data.join_classes(
+            source, classes.validation, name=f"{source.name}+validation"
+        )
+    source = data.prepare(source, preprocessing(config))
     orientations = {
         "rotations": config.rotations,
         "reflections": config.get("reflections", False),

@@ -95,7 +95,13 @@ def main(argv):
             print(
                 f"Pretrained the embedding for {config.pretrain_steps} "
                 f"steps in {(time.perf_counter() - fit_start) / 60:.1f} min; "
-                "validation: "
+                "validation"
+                + (
+                    " (classes pretrained on)"
+                    if config.get("pretrain_on_validation", False)
+                    else ""
+                )
+                + ": "
                 + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
             )
     resumed_at = training.fit_resumable(

@@ -97,7 +97,15 @@ def few_shot_config(
     # (`tfmaml.pretraining`): a classifier over every training class (and
     # orientation), `pretrain_steps` batches; 0: none. `pretrain_head`:
     # the classifier's head, "linear" or "cosine" (`CosineLogits`).
+    # `pretrain_on_validation`: pretrain on the validation classes too, for
+    # a final run whose choices are made (no episodes after it: validation
+    # would no longer score unseen classes).
     config.pretrain_steps = 0
+    config.pretrain_on_validation = False
+    # A ProtoNet's support views: each support image also embedded as this
+    # many copies distorted by `augmentation`'s ranges, outside training
+    # (`tfmaml.ProtoNet(support_views=...)`); 0: none.
+    config.support_views = 0
     config.pretrain_head = "linear"
     config.pretrain_batch_size = 256
     config.pretrain_learning_rate = 1e-3

@@ -7,6 +7,7 @@ from tfmaml.data.episodes import episodes
 from tfmaml.data.episodes import grouped_classes
 from tfmaml.data.episodes import prepare
 from tfmaml.data.episodes import preprocessing
+from tfmaml.data.joined import join_classes
 from tfmaml.data.labelled import labelled_batches
 from tfmaml.data.labelled import labelled_classes
 from tfmaml.data.sinusoid import SinusoidTasks
@@ -23,6 +24,7 @@ __all__ = [
     "Splits",
     "episodes",
     "grouped_classes",
+    "join_classes",
     "labelled_batches",
     "labelled_classes",
     "prepare",

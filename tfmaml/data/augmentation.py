@@ -82,16 +82,25 @@ class AffineAugmentation(NamedTuple):
         zeros = tf.zeros_like(a0)
         return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
-    def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """Distorts `images [..., H, W, C]`, each its own draw; points from
-        outside the image are 0 (the background of preprocessed Omniglot,
-        whose ink is 1)."""
+    def __call__(
+        self, images: tf.Tensor, seed: tf.Tensor, *, one_draw: bool = False
+    ) -> tf.Tensor:
+        """Distorts `images [..., H, W, C]`, each its own draw (or, with
+        `one_draw`, all by the same draw: what an image becomes then does
+        not depend on its place in the batch); points from outside the
+        image are 0 (the background of preprocessed Omniglot, whose ink
+        is 1)."""
         shape = tf.shape(images)
         flat = tf.reshape(images, tf.concat([[-1], shape[-3:]], 0))
         size = images.shape[-3:-1]
+        count = tf.shape(flat)[0]
+        if one_draw:
+            transforms = tf.tile(self.transforms(1, size, seed), [count, 1])
+        else:
+            transforms = self.transforms(count, size, seed)
         moved = keras.ops.image.affine_transform(
             flat,
-            self.transforms(tf.shape(flat)[0], size, seed),
+            transforms,
             interpolation="bilinear",
             fill_mode="constant",
             fill_value=0,
