@@ -282,14 +282,13 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
             f"{sorted(algorithms.ALGORITHMS)}."
         )
     if config.algorithm == "protonet":  # No inner loop, no head.
+        views = config.get("support_views", 0)
         model = algorithms.build_algorithm(
             "protonet",
             build_network(config, head=False),
             task_loop=config.task_loop,
-            support_views=config.get("support_views", 0),
-            view_augmentation=dict(config.augmentation)
-            if config.get("support_views", 0)
-            else None,
+            support_views=views,
+            view_augmentation=dict(config.augmentation) if views else None,
         )
         compile_model(model, config)
         return model

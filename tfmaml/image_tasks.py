@@ -172,7 +172,7 @@ def labelled_training_batches(
     own draws and distortions (member 0's are a single embedding's), and
     how many classes they label. The split is preprocessed once for all.
     With `config.pretrain_on_validation` the validation classes are
-    training classes too (`data.sources.join_classes`).
+    training classes too (`data.join_classes`).
 
     Args:
         config: An image config.

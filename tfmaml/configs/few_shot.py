@@ -102,13 +102,13 @@ def few_shot_config(
     # would no longer score unseen classes).
     config.pretrain_steps = 0
     config.pretrain_on_validation = False
+    config.pretrain_head = "linear"
+    config.pretrain_batch_size = 256
+    config.pretrain_learning_rate = 1e-3
     # A ProtoNet's support views: each support image also embedded as this
     # many copies distorted by `augmentation`'s ranges, outside training
     # (`tfmaml.ProtoNet(support_views=...)`); 0: none.
     config.support_views = 0
-    config.pretrain_head = "linear"
-    config.pretrain_batch_size = 256
-    config.pretrain_learning_rate = 1e-3
 
     # Meta-learning.
     common.add_algorithm_fields(config)

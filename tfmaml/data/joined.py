@@ -14,7 +14,8 @@ def join_classes(
 ) -> ClassIndexedImages:
     """The classes of `first` followed by those of `second`, as one split.
 
-    The subsets split of Omniglot gains a fifth more characters so.
+    Omniglot's subsets split: 109 training and 27 validation characters
+    make 136.
 
     Args:
         first: The images of some classes.
