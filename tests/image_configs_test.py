@@ -231,3 +231,19 @@ def test_the_validation_alphabet_field_reaches_the_omniglot_split():
     assert len(held_out.validation.class_names) == 40
     assert "Korean" not in {n.split("/")[0] for n in held_out.train.class_names}
     assert {n.split("/")[0] for n in fifth} != {"Korean"}
+
+
+def test_the_recipes_views_reach_its_protonet():
+    from configs import omniglot_20way_1shot
+    from tfmaml import experiment
+
+    config = omniglot_20way_1shot.get_config()
+    model = experiment.build_model(config)
+    assert (model.support_views, model.query_views) == (8, 4)
+    assert model.view_augmentation == tfmaml.data.AffineAugmentation(
+        **config.augmentation
+    )
+    config.support_views = config.query_views = 0
+    plain = experiment.build_model(config)
+    assert (plain.support_views, plain.query_views) == (0, 0)
+    assert plain.view_augmentation is None

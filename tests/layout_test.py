@@ -33,6 +33,7 @@ ORDER = [
     "tfmaml.export",
     "tfmaml.meta_learner",
     "tfmaml.model",
+    "tfmaml.views",
     "tfmaml.prototypes",
     "tfmaml.algorithms",
     "tfmaml.pretraining",

@@ -12,6 +12,7 @@ from model_test import _central_differences
 
 import tfmaml
 from tfmaml import prototypes
+from tfmaml import views
 from tfmaml.evaluation import evaluate_adaptation
 
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -346,32 +347,56 @@ def _image_embedding():
     )
 
 
+def _served_logits(model, support, labels, queries, tmp_path, run):
+    """The logits of `model`'s export's `adapt_and_predict` on one task, in
+    a client without tfmaml (`run`: the `run_without_tfmaml` fixture)."""
+    model.export(tmp_path / "saved")
+    np.savez(tmp_path / "task.npz", s=support, y=labels, q=queries)
+    result = run(
+        """
+        import json
+        import numpy as np
+        import tensorflow as tf
+        served = tf.saved_model.load("saved")
+        task = np.load("task.npz")
+        out = served.adapt_and_predict(
+            support_x=task["s"], support_y=task["y"], query_x=task["q"]
+        )
+        print(json.dumps(out["predictions"].numpy().tolist()))
+        """
+    )
+    return np.array(json.loads(result.stdout.splitlines()[-1]))
+
+
+def _viewed(net, images, count, augment):
+    """By hand: the mean embedding of `images` and of their `count` copies,
+    copy i moving every image by the i-th fixed draw."""
+    copies = [
+        augment(
+            images, tf.constant([views.VIEW_SEED, i], tf.int64), one_draw=True
+        )
+        for i in range(count)
+    ]
+    assert not np.allclose(copies[0], images)
+    return ((net(images) + sum(net(c) for c in copies)) / (1 + count)).numpy()
+
+
 def test_support_views_average_each_support_image_with_its_copies(
     tmp_path, run_without_tfmaml
 ):
-    views = 3
+    count = 3
     augment = tfmaml.data.AffineAugmentation(20.0, 0.1, 0.1, 0.1)
     model = tfmaml.ProtoNet(
-        _image_embedding(), support_views=views, view_augmentation=augment
+        _image_embedding(), support_views=count, view_augmentation=augment
     )
     model.compile("adam", loss=SCE)
     rng = np.random.default_rng(3)
     support = rng.uniform(size=(4, 8, 8, 1)).astype("f4")
     labels = np.array([0, 1, 2, 0], "int32")
     queries = rng.uniform(size=(5, 8, 8, 1)).astype("f4")
-    # By hand: copy i moves every support image by the i-th fixed draw.
     net = model.base_model
-    copies = [
-        augment(
-            support,
-            tf.constant([prototypes.SUPPORT_VIEW_SEED, i], tf.int64),
-            one_draw=True,
-        )
-        for i in range(views)
-    ]
-    assert not np.allclose(copies[0], support)
-    embedded = (net(support) + sum(net(c) for c in copies)) / (1 + views)
-    expected, _ = _hand_logits(embedded.numpy(), labels, net(queries).numpy())
+    embedded = _viewed(net, support, count, augment)
+    expected, _ = _hand_logits(embedded, labels, net(queries).numpy())
     logits = model.adapt_and_predict(support, labels, queries).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     # Evaluation's path (every task of a batch) and `adapt` agree.
@@ -408,34 +433,85 @@ def test_support_views_average_each_support_image_with_its_copies(
     # The .keras file and the export (a client without tfmaml) keep them.
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
-    assert (loaded.support_views, loaded.view_augmentation) == (views, augment)
+    assert (loaded.support_views, loaded.view_augmentation) == (count, augment)
     np.testing.assert_allclose(
         loaded.adapt_and_predict(support, labels, queries), logits, atol=1e-6
     )
-    model.export(tmp_path / "saved")
-    np.savez(tmp_path / "task.npz", s=support, y=labels, q=queries)
-    result = run_without_tfmaml(
-        """
-        import json
-        import numpy as np
-        import tensorflow as tf
-        served = tf.saved_model.load("saved")
-        task = np.load("task.npz")
-        out = served.adapt_and_predict(
-            support_x=task["s"], support_y=task["y"], query_x=task["q"]
-        )
-        print(json.dumps(out["predictions"].numpy().tolist()))
-        """
+    served = _served_logits(
+        model, support, labels, queries, tmp_path, run_without_tfmaml
     )
-    served = np.array(json.loads(result.stdout.splitlines()[-1]))
     np.testing.assert_allclose(served, logits, atol=1e-5)
 
 
-def test_support_views_leave_training_as_it_was():
+def test_query_views_average_each_query_with_its_copies(
+    tmp_path, run_without_tfmaml
+):
+    augment = tfmaml.data.AffineAugmentation(20.0, 0.1, 0.1, 0.1)
+    model = tfmaml.ProtoNet(
+        _image_embedding(),
+        support_views=2,
+        query_views=3,
+        view_augmentation=augment,
+    )
+    model.compile("adam", loss=SCE)
+    rng = np.random.default_rng(5)
+    support = rng.uniform(size=(4, 8, 8, 1)).astype("f4")
+    labels = np.array([0, 1, 2, 0], "int32")
+    queries = rng.uniform(size=(5, 8, 8, 1)).astype("f4")
+    net = model.base_model
+    expected, _ = _hand_logits(
+        _viewed(net, support, 2, augment),
+        labels,
+        _viewed(net, queries, 3, augment),
+    )
+    batch = {
+        "support_x": support[None],
+        "support_y": labels[None],
+        "query_x": queries[None],
+    }
+    adapted = model.adapt(support, labels)
+    paths = {
+        "adapt_and_predict": model.adapt_and_predict(support, labels, queries),
+        "predict": model.predict(batch, verbose=0)[0],
+        "adapt": adapted(queries),
+        # A query's copies are its own: in a network without batch
+        # statistics its batch changes nothing.
+        "one query at a time": np.concatenate(
+            [model.adapt_and_predict(support, labels, q[None]) for q in queries]
+        ),
+    }
+    for path, logits in paths.items():
+        np.testing.assert_allclose(
+            logits, expected, rtol=1e-5, atol=1e-5, err_msg=path
+        )
+    # The adapted model, the .keras file and the export keep the views.
+    adapted.save(tmp_path / "adapted.keras")
+    np.testing.assert_allclose(
+        keras.models.load_model(tmp_path / "adapted.keras")(queries),
+        expected,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.query_views == 3
+    np.testing.assert_allclose(
+        loaded.adapt_and_predict(support, labels, queries),
+        expected,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    served = _served_logits(
+        model, support, labels, queries, tmp_path, run_without_tfmaml
+    )
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_views_leave_training_as_it_was():
     nets = [_image_embedding(), _image_embedding()]
     nets[1].set_weights(nets[0].get_weights())
     models = [
-        tfmaml.ProtoNet(nets[0], support_views=4),
+        tfmaml.ProtoNet(nets[0], support_views=4, query_views=2),
         tfmaml.ProtoNet(nets[1]),
     ]
     rng = np.random.default_rng(4)
@@ -456,11 +532,13 @@ def test_support_views_leave_training_as_it_was():
     )
 
 
-def test_bad_support_views_are_named():
+def test_bad_views_are_named():
     with pytest.raises(ValueError, match=r"support_views=-1"):
         tfmaml.ProtoNet(_image_embedding(), support_views=-1)
     with pytest.raises(ValueError, match=r"support_views=2.5"):
         tfmaml.ProtoNet(_image_embedding(), support_views=2.5)
+    with pytest.raises(ValueError, match=r"query_views=True"):
+        tfmaml.ProtoNet(_image_embedding(), query_views=True)
     with pytest.raises(TypeError, match="view_augmentation.*list"):
         tfmaml.ProtoNet(
             _image_embedding(), support_views=2, view_augmentation=[1.0]
@@ -473,7 +551,13 @@ def test_bad_support_views_are_named():
         )
     model = tfmaml.ProtoNet(_embedding(), support_views=2)
     model.compile("adam", loss=SCE)
-    with pytest.raises(ValueError, match=r"images.*shape \(3, 6\)"):
+    with pytest.raises(ValueError, match=r"support_views.*shape \(3, 6\)"):
+        model.adapt_and_predict(
+            np.zeros((3, 6), "f4"), np.arange(3), np.zeros((2, 6), "f4")
+        )
+    model = tfmaml.ProtoNet(_embedding(), query_views=2)
+    model.compile("adam", loss=SCE)
+    with pytest.raises(ValueError, match=r"query_views.*shape \(2, 6\)"):
         model.adapt_and_predict(
             np.zeros((3, 6), "f4"), np.arange(3), np.zeros((2, 6), "f4")
         )

@@ -19,6 +19,7 @@ from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks
 from tfmaml import tasks
+from tfmaml import views
 from tfmaml.algorithms import ANIL
 from tfmaml.algorithms import MetaSGD
 from tfmaml.algorithms import Reptile
@@ -51,4 +52,5 @@ __all__ = [
     "networks",
     "register_algorithm",
     "tasks",
+    "views",
 ]

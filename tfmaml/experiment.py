@@ -23,6 +23,7 @@ from tfmaml import networks
 from tfmaml import pretraining
 from tfmaml import rl
 from tfmaml import rl_tasks
+from tfmaml import training
 from tfmaml.adapted_variables import names_without_normalization
 from tfmaml.checks import check_int
 from tfmaml.data import Splits
@@ -282,13 +283,18 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
             f"{sorted(algorithms.ALGORITHMS)}."
         )
     if config.algorithm == "protonet":  # No inner loop, no head.
-        views = config.get("support_views", 0)
+        views = {
+            f"{of}_views": config.get(f"{of}_views", 0)
+            for of in ("support", "query")
+        }
         model = algorithms.build_algorithm(
             "protonet",
             build_network(config, head=False),
             task_loop=config.task_loop,
-            support_views=views,
-            view_augmentation=dict(config.augmentation) if views else None,
+            view_augmentation=dict(config.augmentation)
+            if any(views.values())
+            else None,
+            **views,
         )
         compile_model(model, config)
         return model
@@ -404,7 +410,7 @@ def early_stopping(
     if not patience and not restore:
         return []
     monitor, mode = checkpoint_monitor(config)
-    epochs = -(-config.total_steps // config.steps_per_epoch)
+    epochs = training.epoch_count(config.total_steps, config.steps_per_epoch)
     return [
         keras.callbacks.EarlyStopping(
             monitor=monitor,

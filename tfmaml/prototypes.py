@@ -30,11 +30,12 @@ from tfmaml.batches import Episode
 from tfmaml.data.augmentation import AffineAugmentation
 from tfmaml.divergence import NO_DIVERGENCE
 from tfmaml.model import MAML
+from tfmaml.views import ViewAveraged
+from tfmaml.views import average_views
+from tfmaml.views import check_augmentation
+from tfmaml.views import check_views
 
 DISTANCES = ("squared_euclidean", "cosine")
-# Seeds the support views' distortions: fixed, so one support set always
-# gives the same prototypes, in evaluation, `adapt` and the export alike.
-SUPPORT_VIEW_SEED = 4_201_301
 # What a ProtoNet takes of MAML's options, and their only values.
 _NO_INNER_LOOP = {
     "inner_lr": None,
@@ -177,15 +178,18 @@ class ProtoNet(MAML):
     largest label plus one) and shots. Compile with a sparse
     cross-entropy `from_logits=True`.
 
-    Support views (test-time augmentation of the support set): with
+    Views (test-time augmentation, `tfmaml.views`): with
     `support_views=V`, outside training each support image is embedded
     as itself and as V distorted copies (`view_augmentation`; copy `i` of
     every image is distorted by the same fixed draw, so a support set
     always gives the same prototypes), and its embedding is their mean.
     A one-shot prototype then stands for more than one drawing of its
     class (+1.0 point on Omniglot's held-out alphabet with 8 views,
-    benchmarks/RESULTS.md). Training episodes are left as they are:
-    distort them in the data (`tfmaml.data.AffineAugmentation`).
+    benchmarks/RESULTS.md). `query_views=Q` does the same to each query
+    (its copy `i` distorted as support copy `i` is), at Q + 1 times the
+    cost of embedding the queries (+1.2 more with 4 query views).
+    Training episodes are left as they are: distort them in the data
+    (`tfmaml.data.AffineAugmentation`).
 
     Args:
         base_model: The embedding network (e.g. Conv4 without its head).
@@ -193,6 +197,8 @@ class ProtoNet(MAML):
         support_views: Distorted copies per support image outside
             training. Defaults to `0` (none). Needs image inputs
             `[height, width, channels]`.
+        query_views: Distorted copies per query outside training.
+            Defaults to `0` (none).
         view_augmentation: The copies' distortion: an
             `AffineAugmentation` or a dict of its fields. Defaults to
             `AffineAugmentation()` where there are views.
@@ -211,6 +217,7 @@ class ProtoNet(MAML):
         distance: str = "squared_euclidean",
         support_views: int = 0,
         view_augmentation: AffineAugmentation | dict | None = None,
+        query_views: int = 0,
         **kwargs,
     ):
         for key, value in _NO_INNER_LOOP.items():
@@ -223,8 +230,10 @@ class ProtoNet(MAML):
         kwargs.pop("first_order", None)  # Nothing to differentiate twice.
         super().__init__(base_model, inner_steps=0, first_order=True, **kwargs)
         self.distance = _check_distance(distance)
-        self.support_views, self.view_augmentation = _check_views(
-            support_views, view_augmentation
+        self.support_views = check_views(support_views, "support_views")
+        self.query_views = check_views(query_views, "query_views")
+        self.view_augmentation = check_augmentation(
+            view_augmentation, bool(support_views or query_views)
         )
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
@@ -266,17 +275,20 @@ class ProtoNet(MAML):
             support, state_after, _ = tasks.run_network(
                 network, weights, state, task[SUPPORT_X], training
             )
-            if not training:
-                support = self._with_views(
-                    lambda x: tasks.run_network(
-                        network, weights, state, x, training
-                    )[0],
-                    task[SUPPORT_X],
-                    support,
-                )
             queries, state_after, penalty = tasks.run_network(
                 network, weights, state_after, task[QUERY_X], training
             )
+            if not training:
+
+                def embed(x):
+                    return tasks.run_network(
+                        network, weights, state, x, training
+                    )[0]
+
+                support = self._with_views(embed, task[SUPPORT_X], support)
+                queries = self._with_views(
+                    embed, task[QUERY_X], queries, of="query"
+                )
             ways = ways_in(task[SUPPORT_Y], task.get(QUERY_Y))
             prototypes = class_prototypes(support, task[SUPPORT_Y], ways)
             logits = prototype_logits(queries, prototypes, self.distance)
@@ -344,35 +356,25 @@ class ProtoNet(MAML):
         embeddings = self._with_views(embed, support_x, embed(support_x))
         return [class_prototypes(embeddings, support_y, ways_in(support_y))]
 
-    def _with_views(self, embed, support_x, embeddings):
-        """`embeddings` of `support_x`, averaged with those of its
-        `support_views` distorted copies (embedded as one batch)."""
-        views = self.support_views
-        if not views:
-            return embeddings
-        support_x = tf.convert_to_tensor(support_x)
-        if support_x.shape.rank != 4:
-            raise ValueError(
-                "support_views distorts images [height, width, channels]; "
-                f"received a support set of shape {support_x.shape}."
-            )
-        copies = [
-            self.view_augmentation(
-                support_x,
-                tf.constant([SUPPORT_VIEW_SEED, i], tf.int64),
-                one_draw=True,
-            )
-            for i in range(views)
-        ]
-        viewed = embed(tf.concat(copies, 0))
-        viewed = tf.reshape(
-            viewed, tf.concat([[views], tf.shape(embeddings)], 0)
+    def _with_views(self, embed, images, embeddings, of="support"):
+        """`embeddings` of `images` (`of` the support or the queries),
+        averaged with those of their `support_views` or `query_views`
+        distorted copies."""
+        argument = f"{of}_views"
+        return average_views(
+            embed,
+            images,
+            embeddings,
+            getattr(self, argument),
+            self.view_augmentation,
+            argument,
         )
-        return (embeddings + tf.reduce_sum(viewed, 0)) / (1.0 + views)
 
     def predict_with_weights(self, weights, x, steps: int = 0) -> tf.Tensor:
-        """Logits of `x` against the prototypes `weights[0]`."""
-        queries = self.base_model(x, training=False)
+        """Logits of `x` (with its `query_views`) against the prototypes
+        `weights[0]`."""
+        embed = lambda x: self.base_model(x, training=False)  # noqa: E731
+        queries = self._with_views(embed, x, embed(x), of="query")
         return prototype_logits(queries, weights[0], self.distance)
 
     def adapt(self, support_x, support_y, steps=None) -> keras.Model:
@@ -383,9 +385,12 @@ class ProtoNet(MAML):
             tf.convert_to_tensor(support_x), support_y, steps
         )
         inputs = keras.Input(tuple(tf.convert_to_tensor(support_x).shape[1:]))
-        logits = PrototypeLogits(prototypes, self.distance)(
-            self.base_model(inputs)
-        )
+        embedding = self.base_model
+        if self.query_views:
+            embedding = ViewAveraged(
+                embedding, self.query_views, self.view_augmentation
+            )
+        logits = PrototypeLogits(prototypes, self.distance)(embedding(inputs))
         return keras.Model(inputs, logits)
 
     # The export serves the embedding and takes any number of ways.
@@ -400,6 +405,7 @@ class ProtoNet(MAML):
             **config,
             "distance": self.distance,
             "support_views": self.support_views,
+            "query_views": self.query_views,
             "view_augmentation": augmentation and augmentation._asdict(),
         }
 
@@ -493,30 +499,6 @@ def _dense_head(network):
             "subclassed model?)."
         )
     return head
-
-
-def _check_views(views, augmentation):
-    """`(views, augmentation)` checked: a count >= 0, an
-    `AffineAugmentation` (from a dict of its fields; the default one where
-    there are views and none is given)."""
-    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
-        raise ValueError(
-            "support_views is a number of distorted copies, an int >= 0. "
-            f"Received: support_views={views!r}"
-        )
-    if isinstance(augmentation, dict):
-        augmentation = AffineAugmentation(**augmentation)
-    if augmentation is None:
-        augmentation = AffineAugmentation() if views else None
-    elif not isinstance(augmentation, AffineAugmentation):
-        raise TypeError(
-            "view_augmentation must be a tfmaml.data.AffineAugmentation, a "
-            "dict of its fields or None. Received: "
-            f"{type(augmentation).__name__}"
-        )
-    if augmentation is not None:
-        augmentation.check()
-    return views, augmentation
 
 
 def _check_distance(distance):

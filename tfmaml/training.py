@@ -105,6 +105,11 @@ class StepBackup(keras.callbacks.Callback):
             os.remove(self.path)
 
 
+def epoch_count(total_steps: int, steps_per_epoch: int) -> int:
+    """Epochs of a run of `total_steps`: the last one may be short."""
+    return -(-total_steps // steps_per_epoch)
+
+
 def fit_resumable(
     model: keras.Model,
     make_train_data: Callable[[int], tf.data.Dataset],
@@ -141,7 +146,7 @@ def fit_resumable(
     """
     backup = StepBackup(backup_dir, save_freq)
     start = backup.restore(model)
-    epochs = -(-total_steps // steps_per_epoch)
+    epochs = epoch_count(total_steps, steps_per_epoch)
     epoch, offset = divmod(start, steps_per_epoch)
     everything = [StopOnNonFiniteLoss(), *callbacks, backup]
     if offset and epoch < epochs:

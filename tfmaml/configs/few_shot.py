@@ -105,10 +105,11 @@ def few_shot_config(
     config.pretrain_head = "linear"
     config.pretrain_batch_size = 256
     config.pretrain_learning_rate = 1e-3
-    # A ProtoNet's support views: each support image also embedded as this
+    # A ProtoNet's views: each support image (query) also embedded as this
     # many copies distorted by `augmentation`'s ranges, outside training
-    # (`tfmaml.ProtoNet(support_views=...)`); 0: none.
+    # (`tfmaml.ProtoNet(support_views=..., query_views=...)`); 0: none.
     config.support_views = 0
+    config.query_views = 0
 
     # Meta-learning.
     common.add_algorithm_fields(config)
