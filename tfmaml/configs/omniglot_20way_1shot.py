@@ -1,9 +1,9 @@
 """Omniglot 20-way 1-shot: the best recipe measured so far for the subset
-split (five training alphabets; 89.1% on random and 80.5% on
-within-alphabet episodes of unseen alphabets over 3 seeds without support
-views, 89.4% and 81.0% with them, in 27-29 minutes on a Zen 5
-EPYC's 2 cores, below the learning-quality issue's 90%), and
-MAML's settings beside it.
+split (five training alphabets; 89.9% on random and 81.7% on
+within-alphabet episodes of unseen alphabets over 3 seeds with its
+support and query views, 89.1% and 80.5% without views, in 27-29
+minutes on a Zen 5 EPYC's 2 cores, below the learning-quality issue's
+90%), and MAML's settings beside it.
 
 Launch (the recipe; `saved_models/omniglot_20way_1shot/` is its export):
   python -m tfmaml.train --config=configs/omniglot_20way_1shot.py \
