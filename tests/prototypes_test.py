@@ -347,6 +347,14 @@ def _image_embedding():
     )
 
 
+def _image_task(seed):
+    """A support set of 4 images of 3 classes and 5 queries, 8x8x1."""
+    rng = np.random.default_rng(seed)
+    support = rng.uniform(size=(4, 8, 8, 1)).astype("f4")
+    queries = rng.uniform(size=(5, 8, 8, 1)).astype("f4")
+    return support, np.array([0, 1, 2, 0], "int32"), queries
+
+
 def _served_logits(model, support, labels, queries, tmp_path, run):
     """The logits of `model`'s export's `adapt_and_predict` on one task, in
     a client without tfmaml (`run`: the `run_without_tfmaml` fixture)."""
@@ -390,10 +398,7 @@ def test_support_views_average_each_support_image_with_its_copies(
         _image_embedding(), support_views=count, view_augmentation=augment
     )
     model.compile("adam", loss=SCE)
-    rng = np.random.default_rng(3)
-    support = rng.uniform(size=(4, 8, 8, 1)).astype("f4")
-    labels = np.array([0, 1, 2, 0], "int32")
-    queries = rng.uniform(size=(5, 8, 8, 1)).astype("f4")
+    support, labels, queries = _image_task(3)
     net = model.base_model
     embedded = _viewed(net, support, count, augment)
     expected, _ = _hand_logits(embedded, labels, net(queries).numpy())
@@ -454,10 +459,7 @@ def test_query_views_average_each_query_with_its_copies(
         view_augmentation=augment,
     )
     model.compile("adam", loss=SCE)
-    rng = np.random.default_rng(5)
-    support = rng.uniform(size=(4, 8, 8, 1)).astype("f4")
-    labels = np.array([0, 1, 2, 0], "int32")
-    queries = rng.uniform(size=(5, 8, 8, 1)).astype("f4")
+    support, labels, queries = _image_task(5)
     net = model.base_model
     expected, _ = _hand_logits(
         _viewed(net, support, 2, augment),

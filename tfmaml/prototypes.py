@@ -27,13 +27,13 @@ from tfmaml.batches import SAMPLE_WEIGHT
 from tfmaml.batches import SUPPORT_X
 from tfmaml.batches import SUPPORT_Y
 from tfmaml.batches import Episode
+from tfmaml.checks import check_int
 from tfmaml.data.augmentation import AffineAugmentation
 from tfmaml.divergence import NO_DIVERGENCE
 from tfmaml.model import MAML
 from tfmaml.views import ViewAveraged
 from tfmaml.views import average_views
 from tfmaml.views import check_augmentation
-from tfmaml.views import check_views
 
 DISTANCES = ("squared_euclidean", "cosine")
 # What a ProtoNet takes of MAML's options, and their only values.
@@ -230,8 +230,10 @@ class ProtoNet(MAML):
         kwargs.pop("first_order", None)  # Nothing to differentiate twice.
         super().__init__(base_model, inner_steps=0, first_order=True, **kwargs)
         self.distance = _check_distance(distance)
-        self.support_views = check_views(support_views, "support_views")
-        self.query_views = check_views(query_views, "query_views")
+        self.support_views = check_int(
+            "support_views", support_views, minimum=0
+        )
+        self.query_views = check_int("query_views", query_views, minimum=0)
         self.view_augmentation = check_augmentation(
             view_augmentation, bool(support_views or query_views)
         )
@@ -352,9 +354,14 @@ class ProtoNet(MAML):
         """`[prototypes]` of one task's support set (what the export and
         `adapt_and_predict` hand to `predict_with_weights`)."""
         self._check_prototype_inputs(steps, False)
-        embed = lambda x: self.base_model(x, training=False)  # noqa: E731
-        embeddings = self._with_views(embed, support_x, embed(support_x))
+        embeddings = self._with_views(
+            self._embed, support_x, self._embed(support_x)
+        )
         return [class_prototypes(embeddings, support_y, ways_in(support_y))]
+
+    def _embed(self, x):
+        """The embedding network's inference outside `solve_tasks`."""
+        return self.base_model(x, training=False)
 
     def _with_views(self, embed, images, embeddings, of="support"):
         """`embeddings` of `images` (`of` the support or the queries),
@@ -373,8 +380,7 @@ class ProtoNet(MAML):
     def predict_with_weights(self, weights, x, steps: int = 0) -> tf.Tensor:
         """Logits of `x` (with its `query_views`) against the prototypes
         `weights[0]`."""
-        embed = lambda x: self.base_model(x, training=False)  # noqa: E731
-        queries = self._with_views(embed, x, embed(x), of="query")
+        queries = self._with_views(self._embed, x, self._embed(x), of="query")
         return prototype_logits(queries, weights[0], self.distance)
 
     def adapt(self, support_x, support_y, steps=None) -> keras.Model:

@@ -20,10 +20,11 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tfmaml.checks import check_int
 from tfmaml.data.augmentation import AffineAugmentation
 
-# Seeds the views' distortions: fixed, so one image always gives the same
-# embedding, in evaluation, `adapt` and the export alike.
+# Seeds the views' distortions: fixed, so an image always gets the same
+# copies, in evaluation, `adapt` and the export alike.
 VIEW_SEED = 4_201_301
 
 
@@ -57,16 +58,6 @@ def average_views(
     return (embeddings + tf.reduce_sum(viewed, 0)) / (1.0 + views)
 
 
-def check_views(views, argument: str) -> int:
-    """`views` checked: a count of copies, an int >= 0."""
-    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
-        raise ValueError(
-            f"{argument} is a number of distorted copies, an int >= 0. "
-            f"Received: {argument}={views!r}"
-        )
-    return views
-
-
 def check_augmentation(augmentation, any_views: bool):
     """The views' distortion checked: an `AffineAugmentation` (from a dict
     of its fields; the default one where there are views and none is
@@ -94,7 +85,8 @@ class ViewAveraged(keras.layers.Layer):
 
     Args:
         network: The embedding network (shares its weights).
-        views: Distorted copies per image, an int >= 1.
+        views: Distorted copies per image, an int >= 0 (0: the network's
+            own outputs).
         augmentation: Their distortion, an `AffineAugmentation` or a dict
             of its fields.
     """
@@ -102,7 +94,7 @@ class ViewAveraged(keras.layers.Layer):
     def __init__(self, network, views, augmentation, **kwargs):
         super().__init__(**kwargs)
         self.network = network
-        self.views = check_views(views, "views")
+        self.views = check_int("views", views, minimum=0)
         self.augmentation = check_augmentation(augmentation, True)
 
     def call(self, images):
