@@ -233,13 +233,14 @@ def test_the_validation_alphabet_field_reaches_the_omniglot_split():
     assert {n.split("/")[0] for n in fifth} != {"Korean"}
 
 
-def test_the_recipes_views_reach_its_protonet():
+def test_the_recipes_views_and_head_reach_its_protonet():
     from configs import omniglot_20way_1shot
     from tfmaml import experiment
 
     config = omniglot_20way_1shot.get_config()
     model = experiment.build_model(config)
     assert (model.support_views, model.query_views) == (8, 4)
+    assert model.head_steps == 0  # See the config's docstring.
     assert model.view_augmentation == tfmaml.data.AffineAugmentation(
         **config.augmentation
     )
@@ -247,3 +248,6 @@ def test_the_recipes_views_reach_its_protonet():
     plain = experiment.build_model(config)
     assert (plain.support_views, plain.query_views) == (0, 0)
     assert plain.view_augmentation is None
+    config.head_steps, config.head_learning_rate = 5, 0.25
+    fitted = experiment.build_model(config)
+    assert (fitted.head_steps, fitted.head_learning_rate) == (5, 0.25)

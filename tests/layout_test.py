@@ -34,6 +34,7 @@ ORDER = [
     "tfmaml.meta_learner",
     "tfmaml.model",
     "tfmaml.views",
+    "tfmaml.prototype_head",
     "tfmaml.prototypes",
     "tfmaml.algorithms",
     "tfmaml.pretraining",

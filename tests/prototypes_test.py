@@ -11,6 +11,7 @@ import tensorflow as tf
 from model_test import _central_differences
 
 import tfmaml
+from tfmaml import prototype_head
 from tfmaml import prototypes
 from tfmaml import views
 from tfmaml.evaluation import evaluate_adaptation
@@ -59,7 +60,7 @@ def _hand_logits(support, labels, queries, distance="squared_euclidean"):
     return -((queries[:, None] - centres[None]) ** 2).sum(-1), centres
 
 
-@pytest.mark.parametrize("distance", prototypes.DISTANCES)
+@pytest.mark.parametrize("distance", prototype_head.DISTANCES)
 def test_prototypes_and_logits_match_a_hand_computation(distance):
     rng = np.random.default_rng(0)
     support = rng.normal(size=(7, 3))
@@ -509,11 +510,11 @@ def test_query_views_average_each_query_with_its_copies(
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_views_leave_training_as_it_was():
+def test_views_and_a_fitted_head_leave_training_as_it_was():
     nets = [_image_embedding(), _image_embedding()]
     nets[1].set_weights(nets[0].get_weights())
     models = [
-        tfmaml.ProtoNet(nets[0], support_views=4, query_views=2),
+        tfmaml.ProtoNet(nets[0], support_views=4, query_views=2, head_steps=5),
         tfmaml.ProtoNet(nets[1]),
     ]
     rng = np.random.default_rng(4)
@@ -528,7 +529,7 @@ def test_views_leave_training_as_it_was():
         model.compile(keras.optimizers.SGD(0.1), loss=SCE)
         losses.append([model.train_on_batch(x, y) for _ in range(2)])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
-    # Evaluation uses the views: there the two differ.
+    # Evaluation uses the views and the head: there the two differ.
     assert not np.allclose(
         models[0].predict(x, verbose=0), models[1].predict(x, verbose=0)
     )

@@ -18,6 +18,7 @@ runtime.warn_if_onednn_off()
 from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks
+from tfmaml import prototype_head
 from tfmaml import tasks
 from tfmaml import views
 from tfmaml.algorithms import ANIL
@@ -50,6 +51,7 @@ __all__ = [
     "data",
     "inner_loop",
     "networks",
+    "prototype_head",
     "register_algorithm",
     "tasks",
     "views",

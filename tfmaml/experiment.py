@@ -294,6 +294,8 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
             view_augmentation=dict(config.augmentation)
             if any(views.values())
             else None,
+            head_steps=config.get("head_steps", 0),
+            head_learning_rate=config.get("head_learning_rate", 1.0),
             **views,
         )
         compile_model(model, config)

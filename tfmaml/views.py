@@ -41,6 +41,25 @@ def average_views(
     (embedded as one batch). `argument` names the option in errors."""
     if not views:
         return embeddings
+    stack = view_embeddings(
+        embed, images, embeddings, views, augmentation, argument
+    )
+    return (stack[0] + tf.reduce_sum(stack[1:], 0)) / (1.0 + views)
+
+
+def view_embeddings(
+    embed: Callable[[tf.Tensor], tf.Tensor],
+    images: tf.Tensor,
+    embeddings: tf.Tensor,
+    views: int,
+    augmentation: AffineAugmentation | None,
+    argument: str,
+) -> tf.Tensor:
+    """`[1 + views, N, ...]`: `embeddings` of the `N` `images`, then those
+    of each of their `views` distorted copies (`average_views` averages
+    them; `ProtoNet(head_steps=...)` fits its head on each)."""
+    if not views:
+        return embeddings[None]
     images = tf.convert_to_tensor(images)
     if images.shape.rank != 4:
         raise ValueError(
@@ -55,7 +74,7 @@ def average_views(
     ]
     viewed = embed(tf.concat(copies, 0))
     viewed = tf.reshape(viewed, tf.concat([[views], tf.shape(embeddings)], 0))
-    return (embeddings + tf.reduce_sum(viewed, 0)) / (1.0 + views)
+    return tf.concat([embeddings[None], viewed], 0)
 
 
 def check_augmentation(augmentation, any_views: bool):

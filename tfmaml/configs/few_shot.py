@@ -110,6 +110,12 @@ def few_shot_config(
     # (`tfmaml.ProtoNet(support_views=..., query_views=...)`); 0: none.
     config.support_views = 0
     config.query_views = 0
+    # A ProtoNet's fitted head: outside training, this many gradient steps
+    # of a linear head from the prototypes on the support embeddings and
+    # their views (`tfmaml.ProtoNet(head_steps=..., head_learning_rate=...)`);
+    # 0: the prototypes' logits.
+    config.head_steps = 0
+    config.head_learning_rate = 1.0
 
     # Meta-learning.
     common.add_algorithm_fields(config)
