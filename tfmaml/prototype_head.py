@@ -12,10 +12,9 @@ with the embedding fixed, also move the boundaries where support examples
 side of them: +0.9 points on Omniglot's held-out alphabet with 8 support
 views, though not on the test alphabets (-0.1 on random and within-alphabet
 episodes over 3 seeds: benchmarks/RESULTS.md), so the 20-way recipe
-leaves it off. It is Proto-MAML's inner loop on the
-head alone, at test time, and it runs through the one inner loop
-(`tfmaml.inner_loop.adapt`), first order: nothing differentiates through
-it.
+leaves it off. It is Proto-MAML's inner loop on the head alone, at test
+time, and it runs through the one inner loop (`tfmaml.inner_loop.adapt`),
+first order: nothing differentiates through it.
 """
 
 import keras
