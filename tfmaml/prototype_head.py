@@ -93,16 +93,15 @@ def fit_head(
             )
         )
 
-    head = inner_loop.adapt(
+    return inner_loop.adapt(
         support_loss,
-        [tf.stop_gradient(w) for w in initial_head(prototypes, distance)],
+        initial_head(tf.stop_gradient(prototypes), distance),
         flat,
         targets,
         steps=steps,
         learning_rate=learning_rate,
         first_order=True,
     )
-    return [tf.stop_gradient(w) for w in head]
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")

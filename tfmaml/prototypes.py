@@ -39,6 +39,7 @@ from tfmaml.prototype_head import head_logits
 from tfmaml.views import ViewAveraged
 from tfmaml.views import average_views
 from tfmaml.views import check_augmentation
+from tfmaml.views import mean_of_views
 from tfmaml.views import view_embeddings
 
 # What a ProtoNet takes of MAML's options, and their only values.
@@ -317,9 +318,7 @@ class ProtoNet(MAML):
                 fitted = self._fitted(
                     embed, task[SUPPORT_X], support, task[SUPPORT_Y], ways
                 )
-                queries = self._with_views(
-                    embed, task[QUERY_X], queries, of="query"
-                )
+                queries = self._with_query_views(embed, task[QUERY_X], queries)
                 logits = self._logits(fitted, queries)
             outputs = {"predictions": logits, "state": state_after}
             if with_pre_predictions:
@@ -393,9 +392,6 @@ class ProtoNet(MAML):
     def _fitted(self, embed, support_x, embeddings, support_y, ways):
         """`[prototypes]` of the support set with its views, or the head
         fitted on them (`head_steps`)."""
-        if not self.head_steps:
-            embeddings = self._with_views(embed, support_x, embeddings)
-            return [class_prototypes(embeddings, support_y, ways)]
         stack = view_embeddings(
             embed,
             support_x,
@@ -404,7 +400,9 @@ class ProtoNet(MAML):
             self.view_augmentation,
             "support_views",
         )
-        prototypes = class_prototypes(tf.reduce_mean(stack, 0), support_y, ways)
+        prototypes = class_prototypes(mean_of_views(stack), support_y, ways)
+        if not self.head_steps:
+            return [prototypes]
         return fit_head(
             prototypes,
             stack,
@@ -424,24 +422,22 @@ class ProtoNet(MAML):
         """The embedding network's inference outside `solve_tasks`."""
         return self.base_model(x, training=False)
 
-    def _with_views(self, embed, images, embeddings, of="support"):
-        """`embeddings` of `images` (`of` the support or the queries),
-        averaged with those of their `support_views` or `query_views`
-        distorted copies."""
-        argument = f"{of}_views"
+    def _with_query_views(self, embed, images, embeddings):
+        """`embeddings` of query `images`, averaged with those of their
+        `query_views` distorted copies."""
         return average_views(
             embed,
             images,
             embeddings,
-            getattr(self, argument),
+            self.query_views,
             self.view_augmentation,
-            argument,
+            "query_views",
         )
 
     def predict_with_weights(self, weights, x, steps: int = 0) -> tf.Tensor:
         """Logits of `x` (with its `query_views`) under `adapted_weights`:
         against the prototypes, or under the fitted head."""
-        queries = self._with_views(self._embed, x, self._embed(x), of="query")
+        queries = self._with_query_views(self._embed, x, self._embed(x))
         return self._logits(weights, queries)
 
     def adapt(self, support_x, support_y, steps=None) -> keras.Model:

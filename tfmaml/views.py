@@ -41,10 +41,20 @@ def average_views(
     (embedded as one batch). `argument` names the option in errors."""
     if not views:
         return embeddings
-    stack = view_embeddings(
-        embed, images, embeddings, views, augmentation, argument
+    return mean_of_views(
+        view_embeddings(
+            embed, images, embeddings, views, augmentation, argument
+        )
     )
-    return (stack[0] + tf.reduce_sum(stack[1:], 0)) / (1.0 + views)
+
+
+def mean_of_views(stack: tf.Tensor) -> tf.Tensor:
+    """The mean over the leading axis of `view_embeddings`' `stack`: the
+    image's own embedding plus the sum of its copies', over their count."""
+    if stack.shape[0] == 1:
+        return stack[0]
+    count = tf.cast(tf.shape(stack)[0], stack.dtype)
+    return (stack[0] + tf.reduce_sum(stack[1:], 0)) / count
 
 
 def view_embeddings(
@@ -56,7 +66,7 @@ def view_embeddings(
     argument: str,
 ) -> tf.Tensor:
     """`[1 + views, N, ...]`: `embeddings` of the `N` `images`, then those
-    of each of their `views` distorted copies (`average_views` averages
+    of each of their `views` distorted copies (`mean_of_views` averages
     them; `ProtoNet(head_steps=...)` fits its head on each)."""
     if not views:
         return embeddings[None]
