@@ -247,6 +247,91 @@ def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
         experiment.pretrain(None, maml, str(tmp_path))
 
 
+def _ensemble_and_config(members: int = 2):
+    config = omniglot_20way_1shot.get_config("smoke")
+    config.data_dir = str(OMNIGLOT)
+    config.ensemble_size = members
+    config.pretrain_steps = 3
+    config.pretrain_batch_size = 16
+    keras.utils.set_random_seed(0)  # The members' initial weights.
+    return experiment.build_model(config), config
+
+
+def test_an_ensemble_stopped_during_pretraining_keeps_its_finished_members(
+    tmp_path, monkeypatch
+):
+    model, config = _ensemble_and_config()
+    initial = model.base_model.get_weights()
+    lines = []
+    assert experiment.pretrain(
+        model, config, str(tmp_path / "whole"), report=lines.append
+    )
+    whole = model.base_model.get_weights()
+    assert [line.split(" (")[0] for line in lines] == [
+        "Pretrained ensemble member conv4_0",
+        "Pretrained ensemble member conv4_1",
+    ]
+    # Once the ensemble is whole, its members are in one file only.
+    assert not (tmp_path / "whole" / experiment.PRETRAINED_MEMBERS).exists()
+
+    # A run stopped while its second member trains...
+    pretrain_embedding = pretraining.pretrain_embedding
+
+    def stopped_at_the_second(embedding, *args, **kwargs):
+        if embedding.name == "conv4_1":
+            raise KeyboardInterrupt
+        return pretrain_embedding(embedding, *args, **kwargs)
+
+    monkeypatch.setattr(
+        pretraining, "pretrain_embedding", stopped_at_the_second
+    )
+    stopped, config = _ensemble_and_config()
+    with pytest.raises(KeyboardInterrupt):
+        experiment.pretrain(stopped, config, str(tmp_path / "stopped"))
+    kept = tmp_path / "stopped" / experiment.PRETRAINED_MEMBERS
+    assert sorted(p.name for p in kept.iterdir()) == ["conv4_0.weights.h5"]
+    assert not (tmp_path / "stopped" / experiment.PRETRAINED_WEIGHTS).exists()
+    # ... and started again loads the first member and trains the second
+    # from its first batch, as the run that was not stopped trained it
+    # (its head's initial weights do not depend on the members before it).
+    monkeypatch.setattr(pretraining, "pretrain_embedding", pretrain_embedding)
+    again, config = _ensemble_and_config()
+    lines = []
+    assert experiment.pretrain(
+        again, config, str(tmp_path / "stopped"), report=lines.append
+    )
+    assert lines[0].startswith("Loaded ensemble member conv4_0 (1 of 2)")
+    assert lines[1].startswith("Pretrained ensemble member conv4_1 (2 of 2)")
+    resumed = again.base_model.get_weights()
+    for ours, theirs in zip(resumed, whole, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # Both members trained (a weight that moved in each).
+    moved = [not np.allclose(w, b) for w, b in zip(whole, initial, strict=True)]
+    half = len(moved) // 2
+    assert any(moved[:half]) and any(moved[half:]), moved
+    assert not kept.exists()
+
+
+def test_kept_weights_that_do_not_fit_the_config_are_named(tmp_path):
+    model, config = _ensemble_and_config()
+    kept = tmp_path / experiment.PRETRAINED_MEMBERS
+    kept.mkdir()
+    other = tfmaml.networks.conv4((28, 28, 1), None, filters=4, name="conv4_1")
+    other.save_weights(kept / "conv4_1.weights.h5")
+    with pytest.raises(ValueError, match=r"conv4_1\.weights\.h5.*'conv4_1'"):
+        experiment.pretrain(model, config, str(tmp_path))
+    # The file is still there for the user to look at.
+    assert (kept / "conv4_1.weights.h5").exists()
+    # The same for an ensemble's whole file.
+    model.base_model.save_weights(tmp_path / "other.weights.h5")
+    smaller, config = _ensemble_and_config(members=3)
+    (tmp_path / "other.weights.h5").rename(
+        tmp_path / experiment.PRETRAINED_WEIGHTS
+    )
+    with pytest.raises(ValueError, match=r"pretrained\.weights\.h5 holds"):
+        experiment.pretrain(smaller, config, str(tmp_path))
+
+
 def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
     # The recipe's shape: an ensemble of embeddings, each pretrained.
     trained = _run(

@@ -189,12 +189,11 @@ def labelled_training_batches(
         "rotations": config.rotations,
         "reflections": config.get("reflections", False),
     }
-    seed = config.seed + SPLIT_SEED_OFFSETS["train"] + PRETRAINING_SEED
     streams = [
         data.labelled_batches(
             source,
             config.pretrain_batch_size,
-            seed=seed + member * MEMBER_SEED_STRIDE,
+            seed=pretraining_seed(config, member),
             augment=_augmentation(config),
             **orientations,
         )
@@ -203,8 +202,20 @@ def labelled_training_batches(
     return streams, data.labelled_classes(source, **orientations)
 
 
-# Pretraining's draws, apart from the training episodes', and each
-# ensemble member's apart from the others' (and from other seeds').
+def pretraining_seed(config: ml_collections.ConfigDict, member: int = 0) -> int:
+    """The seed of an ensemble member's pretraining (its batches' draws and
+    distortions, and its classifier head's initial weights): apart from
+    the training episodes' and from the other members' (and other seeds'),
+    and the same whichever members trained before it, so a member
+    pretrained again after a stop trains as it would have."""
+    return (
+        config.seed
+        + SPLIT_SEED_OFFSETS["train"]
+        + PRETRAINING_SEED
+        + member * MEMBER_SEED_STRIDE
+    )
+
+
 PRETRAINING_SEED = 7_000_003
 MEMBER_SEED_STRIDE = 1_000_033
 

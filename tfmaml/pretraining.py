@@ -47,11 +47,20 @@ class CosineLogits(keras.layers.Layer):
     Args:
         units: The number of logits (classes).
         scale: The scale's initial value. Defaults to 10.
+        kernel_initializer: The weight vectors' initializer. Defaults to
+            `"glorot_uniform"`.
     """
 
-    def __init__(self, units: int, scale: float = 10.0, **kwargs):
+    def __init__(
+        self,
+        units: int,
+        scale: float = 10.0,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.units = check_int("units", units, minimum=1)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         if not scale > 0:
             raise ValueError(
                 f"CosineLogits' `scale` must be > 0. Received: scale={scale!r}"
@@ -61,7 +70,7 @@ class CosineLogits(keras.layers.Layer):
     def build(self, input_shape):
         self.kernel = self.add_weight(
             shape=(self.units, input_shape[-1]),
-            initializer="glorot_uniform",
+            initializer=self.kernel_initializer,
             name="kernel",
         )
         self.log_scale = self.add_weight(
@@ -82,6 +91,9 @@ class CosineLogits(keras.layers.Layer):
             **super().get_config(),
             "units": self.units,
             "scale": self.scale,
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
         }
 
 
@@ -97,10 +109,15 @@ def check_head(head: str, argument: str = "head") -> str:
 
 
 def classifier(
-    embedding: keras.Model, num_classes: int, head: str = "linear"
+    embedding: keras.Model,
+    num_classes: int,
+    head: str = "linear",
+    seed: int | None = None,
 ) -> keras.Model:
     """`embedding` followed by a head of `num_classes` logits: `"linear"`
-    (a `Dense` layer) or `"cosine"` (`CosineLogits`).
+    (a `Dense` layer) or `"cosine"` (`CosineLogits`), its kernel drawn
+    from Glorot's uniform distribution with `seed` (default: Keras' global
+    seed, i.e. whatever was drawn before it).
 
     Raises:
         ValueError: If `num_classes` is not an int >= 2, `head` is not one
@@ -119,10 +136,13 @@ def classifier(
             f"`[batch, features]`; embedding {embedding.name!r} outputs "
             f"shape {tuple(shape)}."
         )
+    kernel = keras.initializers.GlorotUniform(seed)
     layer = (
-        CosineLogits(num_classes, name=HEAD_NAME)
+        CosineLogits(num_classes, kernel_initializer=kernel, name=HEAD_NAME)
         if head == "cosine"
-        else keras.layers.Dense(num_classes, name=HEAD_NAME)
+        else keras.layers.Dense(
+            num_classes, kernel_initializer=kernel, name=HEAD_NAME
+        )
     )
     return keras.Sequential(
         [embedding, layer],
@@ -141,6 +161,7 @@ def pretrain_embedding(
     steps_per_epoch: int = 100,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    seed: int | None = None,
 ) -> keras.callbacks.History:
     """Trains `embedding` in place as the body of a `num_classes`-way
     classifier for `steps` batches of `batches` (`(images, labels)`, e.g.
@@ -159,6 +180,8 @@ def pretrain_embedding(
             callbacks); the last epoch takes what remains. Defaults to 100.
         callbacks: Keras callbacks for `fit`. Defaults to none.
         verbose: `fit`'s verbosity. Defaults to 0.
+        seed: The head's initial weights' seed (`classifier`). Defaults
+            to Keras' global seed.
 
     Raises:
         ValueError: For a count that is not a positive int, or as
@@ -166,7 +189,7 @@ def pretrain_embedding(
     """
     check_int("steps", steps, minimum=1)
     check_int("steps_per_epoch", steps_per_epoch, minimum=1)
-    model = classifier(embedding, num_classes, head)
+    model = classifier(embedding, num_classes, head, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(
             keras.optimizers.schedules.CosineDecay(learning_rate, steps)
