@@ -57,6 +57,7 @@ ORDER = [
     "tfmaml.evaluation",
     "tfmaml.image_tasks",
     "tfmaml.rl_tasks",
+    "tfmaml.config_pretraining",
     "tfmaml.configs",
     "tfmaml.experiment",
     "tfmaml.plots",

@@ -14,6 +14,7 @@ from train_test import OMNIGLOT
 from train_test import _run
 
 import tfmaml
+from tfmaml import config_pretraining
 from tfmaml import experiment
 from tfmaml import image_tasks
 from tfmaml import pretraining
@@ -209,42 +210,46 @@ def test_the_config_pretrains_a_protonet_once_per_workdir(tmp_path):
     config.pretrain_steps = 3
     config.pretrain_batch_size = 16
     model = experiment.build_model(config)
-    assert experiment.pretrain(model, config, str(tmp_path))
-    path = tmp_path / experiment.PRETRAINED_WEIGHTS
+    assert config_pretraining.pretrain(model, config, str(tmp_path))
+    path = tmp_path / config_pretraining.PRETRAINED_WEIGHTS
     assert path.exists()
     trained = [w.copy() for w in model.base_model.get_weights()]
     assert (tmp_path / "tensorboard" / "pretraining").is_dir()
     # Started again: the same embedding, loaded rather than trained.
     again = experiment.build_model(config)
-    assert not experiment.pretrain(again, config, str(tmp_path))
+    assert not config_pretraining.pretrain(again, config, str(tmp_path))
     loaded = again.base_model.get_weights()
     for ours, theirs in zip(loaded, trained, strict=True):
         np.testing.assert_array_equal(ours, theirs)
     config.pretrain_steps = 0
-    assert not experiment.pretrain(again, config, str(tmp_path / "none"))
+    assert not config_pretraining.pretrain(
+        again, config, str(tmp_path / "none")
+    )
     # The head is the config's: a name it does not know fails by name
     # before anything trains or is written.
     config.pretrain_steps, config.pretrain_head = 3, "dot"
     with pytest.raises(ValueError, match=r"head.*'dot'"):
-        experiment.pretrain(again, config, str(tmp_path / "dot"))
-    assert not (tmp_path / "dot" / experiment.PRETRAINED_WEIGHTS).exists()
+        config_pretraining.pretrain(again, config, str(tmp_path / "dot"))
+    assert not (
+        tmp_path / "dot" / config_pretraining.PRETRAINED_WEIGHTS
+    ).exists()
     # Named too when the weights are kept and would only be loaded.
     with pytest.raises(ValueError, match=r"pretrain_head='dot'"):
-        experiment.pretrain(again, config, str(tmp_path))
+        config_pretraining.pretrain(again, config, str(tmp_path))
     # Pretraining on the validation classes too: only where nothing
     # after it would be chosen on them, and only with pretraining.
     config.pretrain_head = "linear"
     config.pretrain_on_validation = True
     config.total_steps = 5
     with pytest.raises(ValueError, match="use it with total_steps=0"):
-        experiment.pretrain(again, config, str(tmp_path / "validation"))
+        config_pretraining.pretrain(again, config, str(tmp_path / "validation"))
     config.total_steps, config.pretrain_steps = 0, 0
     with pytest.raises(ValueError, match="pretrain_steps=0 pretrains nothing"):
-        experiment.pretrain(again, config, str(tmp_path / "validation"))
+        config_pretraining.pretrain(again, config, str(tmp_path / "validation"))
     maml = omniglot_20way_1shot.get_config("maml,smoke")
     maml.pretrain_steps = 3
     with pytest.raises(ValueError, match="pretrain_steps.*algorithm='maml'"):
-        experiment.pretrain(None, maml, str(tmp_path))
+        config_pretraining.pretrain(None, maml, str(tmp_path))
 
 
 def _ensemble_and_config(members: int = 2):
@@ -263,7 +268,7 @@ def test_an_ensemble_stopped_during_pretraining_keeps_its_finished_members(
     model, config = _ensemble_and_config()
     initial = model.base_model.get_weights()
     lines = []
-    assert experiment.pretrain(
+    assert config_pretraining.pretrain(
         model, config, str(tmp_path / "whole"), report=lines.append
     )
     whole = model.base_model.get_weights()
@@ -272,7 +277,9 @@ def test_an_ensemble_stopped_during_pretraining_keeps_its_finished_members(
         "Pretrained ensemble member conv4_1",
     ]
     # Once the ensemble is whole, its members are in one file only.
-    assert not (tmp_path / "whole" / experiment.PRETRAINED_MEMBERS).exists()
+    assert not (
+        tmp_path / "whole" / config_pretraining.PRETRAINED_MEMBERS
+    ).exists()
 
     # A run stopped while its second member trains...
     pretrain_embedding = pretraining.pretrain_embedding
@@ -287,17 +294,19 @@ def test_an_ensemble_stopped_during_pretraining_keeps_its_finished_members(
     )
     stopped, config = _ensemble_and_config()
     with pytest.raises(KeyboardInterrupt):
-        experiment.pretrain(stopped, config, str(tmp_path / "stopped"))
-    kept = tmp_path / "stopped" / experiment.PRETRAINED_MEMBERS
+        config_pretraining.pretrain(stopped, config, str(tmp_path / "stopped"))
+    kept = tmp_path / "stopped" / config_pretraining.PRETRAINED_MEMBERS
     assert sorted(p.name for p in kept.iterdir()) == ["conv4_0.weights.h5"]
-    assert not (tmp_path / "stopped" / experiment.PRETRAINED_WEIGHTS).exists()
+    assert not (
+        tmp_path / "stopped" / config_pretraining.PRETRAINED_WEIGHTS
+    ).exists()
     # ... and started again loads the first member and trains the second
     # from its first batch, as the run that was not stopped trained it
     # (its head's initial weights do not depend on the members before it).
     monkeypatch.setattr(pretraining, "pretrain_embedding", pretrain_embedding)
     again, config = _ensemble_and_config()
     lines = []
-    assert experiment.pretrain(
+    assert config_pretraining.pretrain(
         again, config, str(tmp_path / "stopped"), report=lines.append
     )
     assert lines[0].startswith("Loaded ensemble member conv4_0 (1 of 2)")
@@ -314,22 +323,22 @@ def test_an_ensemble_stopped_during_pretraining_keeps_its_finished_members(
 
 def test_kept_weights_that_do_not_fit_the_config_are_named(tmp_path):
     model, config = _ensemble_and_config()
-    kept = tmp_path / experiment.PRETRAINED_MEMBERS
+    kept = tmp_path / config_pretraining.PRETRAINED_MEMBERS
     kept.mkdir()
     other = tfmaml.networks.conv4((28, 28, 1), None, filters=4, name="conv4_1")
     other.save_weights(kept / "conv4_1.weights.h5")
     with pytest.raises(ValueError, match=r"conv4_1\.weights\.h5.*'conv4_1'"):
-        experiment.pretrain(model, config, str(tmp_path))
+        config_pretraining.pretrain(model, config, str(tmp_path))
     # The file is still there for the user to look at.
     assert (kept / "conv4_1.weights.h5").exists()
     # The same for an ensemble's whole file.
     model.base_model.save_weights(tmp_path / "other.weights.h5")
     smaller, config = _ensemble_and_config(members=3)
     (tmp_path / "other.weights.h5").rename(
-        tmp_path / experiment.PRETRAINED_WEIGHTS
+        tmp_path / config_pretraining.PRETRAINED_WEIGHTS
     )
     with pytest.raises(ValueError, match=r"pretrained\.weights\.h5 holds"):
-        experiment.pretrain(smaller, config, str(tmp_path))
+        config_pretraining.pretrain(smaller, config, str(tmp_path))
 
 
 def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
@@ -351,7 +360,7 @@ def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "Pretrained the embedding for 4 steps" in trained.stdout
     assert "validation (classes pretrained on): accuracy" in trained.stdout
-    assert (tmp_path / "run" / experiment.PRETRAINED_WEIGHTS).exists()
+    assert (tmp_path / "run" / config_pretraining.PRETRAINED_WEIGHTS).exists()
     figures = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert set(figures) == {"random", "within_alphabet"}
     assert trained.stdout.count("Pretrained ensemble member") == 2
@@ -362,7 +371,9 @@ def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
             for name in ("conv4_0", "conv4_1")
         ]
     )
-    embedding.load_weights(tmp_path / "run" / experiment.PRETRAINED_WEIGHTS)
+    embedding.load_weights(
+        tmp_path / "run" / config_pretraining.PRETRAINED_WEIGHTS
+    )
     for saved, pretrained in zip(
         model.base_model.get_weights(), embedding.get_weights(), strict=True
     ):

@@ -22,6 +22,7 @@ direction, as a prototype classifier compares them.
 """
 
 import math
+import time
 from collections.abc import Sequence
 
 import keras
@@ -162,10 +163,19 @@ def pretrain_embedding(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
     seed: int | None = None,
+    seconds: float | None = None,
 ) -> keras.callbacks.History:
     """Trains `embedding` in place as the body of a `num_classes`-way
     classifier for `steps` batches of `batches` (`(images, labels)`, e.g.
-    `tfmaml.data.labelled_batches`); returns `fit`'s history.
+    `tfmaml.data.labelled_batches`), or for as many as fit in `seconds`;
+    returns `fit`'s history (its `history["steps"]`: the batches trained).
+
+    Why a time budget: a batch costs six times as long on some CPUs as on
+    others (benchmarks/RESULTS.md), so a step count that fits a wall-time
+    budget on one overruns it on another. With `seconds`, the batches
+    after the first `BUDGET_PROBE` are timed and the run ends at the step
+    count that fits (at most `steps`), with the cosine decay reaching
+    zero there: a shorter schedule rather than a cut one.
 
     Args:
         embedding: A built Keras model with a flat output.
@@ -182,43 +192,106 @@ def pretrain_embedding(
         verbose: `fit`'s verbosity. Defaults to 0.
         seed: The head's initial weights' seed (`classifier`). Defaults
             to Keras' global seed.
+        seconds: The wall-time budget, from the call to the last batch
+            (the first `BUDGET_PROBE` batches run whatever it is). Defaults
+            to none: `steps` batches.
 
     Raises:
-        ValueError: For a count that is not a positive int, or as
-            `classifier`.
+        ValueError: For a count that is not a positive int, a budget that
+            is not a positive number, or as `classifier`.
     """
     check_int("steps", steps, minimum=1)
     check_int("steps_per_epoch", steps_per_epoch, minimum=1)
+    if seconds is not None and not (
+        isinstance(seconds, int | float) and 0 < seconds < math.inf
+    ):
+        raise ValueError(
+            "`seconds` must be a positive number of seconds (or None). "
+            f"Received: seconds={seconds!r}"
+        )
+    stop = _StopAt(steps, seconds)
     model = classifier(embedding, num_classes, head, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+            CosineToHorizon(learning_rate, stop.horizon)
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=False,  # Set explicitly: XLA is slower on CPU here.
     )
     per_epoch = min(steps_per_epoch, steps)
-    return model.fit(
+    history = model.fit(
         batches,
         epochs=-(-steps // per_epoch),
         steps_per_epoch=per_epoch,
-        callbacks=[*callbacks, _StopAt(steps)],
+        callbacks=[*callbacks, stop],
         verbose=verbose,
     )
+    history.history["steps"] = stop.seen
+    return history
+
+
+# Batches run before a budget's rate is measured, and then timed: the
+# first includes tracing, and the next few settle.
+BUDGET_PROBE = 5
+BUDGET_TIMED = 20
+
+
+class CosineToHorizon(keras.optimizers.schedules.LearningRateSchedule):
+    """Keras' `CosineDecay` to zero, over a horizon held in a variable, so
+    that a time budget can shorten it once the batches' rate is known,
+    without tracing the training step again (`CosineDecay`'s horizon is a
+    Python number, fixed when traced).
+
+    Args:
+        learning_rate: The rate at step 0.
+        horizon: A scalar float32 variable: the step at which the rate
+            reaches zero (and stays).
+    """
+
+    def __init__(self, learning_rate: float, horizon: keras.Variable):
+        super().__init__()
+        self.learning_rate = learning_rate
+        self.horizon = horizon
+
+    def __call__(self, step):
+        horizon = tf.convert_to_tensor(self.horizon)
+        done = tf.minimum(tf.cast(step, horizon.dtype), horizon) / horizon
+        return self.learning_rate * 0.5 * (1.0 + tf.cos(math.pi * done))
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate}
 
 
 class _StopAt(keras.callbacks.Callback):
     """Ends `fit` after `steps` batches, inside a last, shorter epoch
     (counted here: reading the optimizer's step would copy it from the
-    device every batch)."""
+    device every batch), or, with a budget of `seconds`, after the batches
+    that fit it at the rate of the timed ones (`horizon`, which the
+    learning rate's schedule reads)."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, seconds: float | None = None):
         super().__init__()
         self.steps = steps
+        self.seconds = seconds
         self.seen = 0
+        self.horizon = keras.Variable(
+            float(steps), dtype="float32", trainable=False, name="horizon"
+        )
+        self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
+        if self.seconds is not None and self.seen == BUDGET_PROBE:
+            self.timed_from = time.perf_counter()
+        if (
+            self.seconds is not None
+            and self.seen == BUDGET_PROBE + BUDGET_TIMED
+        ):
+            now = time.perf_counter()
+            rate = (now - self.timed_from) / BUDGET_TIMED
+            more = int((self.start + self.seconds - now) / rate)
+            self.steps = max(self.seen, min(self.steps, self.seen + more))
+            self.horizon.assign(float(self.steps))
         if self.seen >= self.steps:
             self.model.stop_training = True

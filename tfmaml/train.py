@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 
 from tfmaml import cli
+from tfmaml import config_pretraining
 from tfmaml import console
 from tfmaml import experiment
 from tfmaml import training
@@ -86,16 +87,19 @@ def main(argv):
     ]
     fit_start = time.perf_counter()
     with strategy.scope():
-        if experiment.pretrain(
+        pretrained = config_pretraining.pretrain(
             model, config, workdir, verbose=FLAGS.fit_verbose, report=print
-        ):
+        )
+        if pretrained:
             scores = model.evaluate(
                 splits.validation, verbose=0, return_dict=True
             )
+            counts = pretrained if len(set(pretrained)) > 1 else pretrained[:1]
+            minutes = (time.perf_counter() - fit_start) / 60
             print(
-                f"Pretrained the embedding for {config.pretrain_steps} "
-                f"steps in {(time.perf_counter() - fit_start) / 60:.1f} min; "
-                "validation"
+                "Pretrained the embedding for "
+                + " / ".join(map(str, counts))
+                + f" steps in {minutes:.1f} min; validation"
                 + (
                     " (classes pretrained on)"
                     if config.get("pretrain_on_validation", False)

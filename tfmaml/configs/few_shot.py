@@ -99,8 +99,12 @@ def few_shot_config(
     # the classifier's head, "linear" or "cosine" (`CosineLogits`).
     # `pretrain_on_validation`: pretrain on the validation classes too, for
     # a final run whose choices are made (no episodes after it: validation
-    # would no longer score unseen classes).
+    # would no longer score unseen classes). `pretrain_minutes`: a wall-time
+    # budget for all of it (an ensemble's members share it), within which
+    # each member trains at most `pretrain_steps`, as many as fit at the
+    # CPU's measured rate, with its cosine decay ending there; 0: none.
     config.pretrain_steps = 0
+    config.pretrain_minutes = 0.0
     config.pretrain_on_validation = False
     config.pretrain_head = "linear"
     config.pretrain_batch_size = 256
