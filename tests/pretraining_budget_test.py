@@ -34,16 +34,19 @@ def test_the_schedule_is_cosine_decay_to_a_horizon_that_can_move():
 
 class _FakeClock:
     """`time.perf_counter`, advanced by `per_batch` seconds at each batch's
-    end (before the budget reads it)."""
+    end (before the budget reads it), or by `slower` from batch `after` on
+    (counting from 0)."""
 
-    def __init__(self, monkeypatch, per_batch):
+    def __init__(self, monkeypatch, per_batch, slower=None, after=None):
         self.now = 1000.0
-        self.per_batch = per_batch
+        self.batches = 0
         monkeypatch.setattr(time, "perf_counter", lambda: self.now)
         batch_end = pretraining._StopAt.on_train_batch_end
 
         def advanced(stop, batch, logs=None):
-            self.now += self.per_batch
+            late = slower is not None and self.batches >= after
+            self.now += slower if late else per_batch
+            self.batches += 1
             batch_end(stop, batch, logs)
 
         monkeypatch.setattr(pretraining._StopAt, "on_train_batch_end", advanced)
@@ -79,6 +82,20 @@ def test_a_budget_trains_the_steps_that_fit_and_ends_the_decay_there(
     schedule = optimizer._learning_rate
     assert float(schedule(60)) == 0.0
     np.testing.assert_allclose(float(schedule(30)), 0.5e-3, rtol=1e-6)
+    # Three times slower from batch 30 on: the rate of the last 20
+    # batches catches up, and the run ends at 40 batches, 30 s (15 s for
+    # the first 30, 1.5 s each for the next 10).
+    clock = _FakeClock(monkeypatch, per_batch=0.5, slower=1.5, after=30)
+    history = pretraining.pretrain_embedding(
+        embedding,
+        labelled_batches(_tiny_split(), 8, seed=0),
+        5,
+        steps=10_000,
+        seconds=30.0,
+    )
+    assert history.history["steps"] == 40
+    assert clock.now - 1000.0 == pytest.approx(30.0)
+    assert float(history.model.optimizer._learning_rate(40)) == 0.0
     # A budget larger than the steps need: the steps, and the decay over
     # them.
     _FakeClock(monkeypatch, per_batch=0.001)

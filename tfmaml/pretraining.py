@@ -21,6 +21,7 @@ learned temperature), which trains the embedding to separate classes by
 direction, as a prototype classifier compares them.
 """
 
+import collections
 import math
 import time
 from collections.abc import Sequence
@@ -173,8 +174,9 @@ def pretrain_embedding(
     Why a time budget: a batch costs six times as long on some CPUs as on
     others (benchmarks/RESULTS.md), so a step count that fits a wall-time
     budget on one overruns it on another. With `seconds`, the batches
-    after the first `BUDGET_PROBE` are timed and the run ends at the step
-    count that fits (at most `steps`), with the cosine decay reaching
+    after the first `BUDGET_PROBE` are timed, and from the
+    `BUDGET_TIMED`th on the run ends at the step count that fits at the
+    rate of the last ones (at most `steps`), with the cosine decay reaching
     zero there: a shorter schedule rather than a cut one.
 
     Args:
@@ -193,8 +195,8 @@ def pretrain_embedding(
         seed: The head's initial weights' seed (`classifier`). Defaults
             to Keras' global seed.
         seconds: The wall-time budget, from the call to the last batch
-            (the first `BUDGET_PROBE` batches run whatever it is). Defaults
-            to none: `steps` batches.
+            (the first `BUDGET_PROBE + BUDGET_TIMED` batches run whatever
+            it is). Defaults to none: `steps` batches.
 
     Raises:
         ValueError: For a count that is not a positive int, a budget that
@@ -231,8 +233,8 @@ def pretrain_embedding(
     return history
 
 
-# Batches run before a budget's rate is measured, and then timed: the
-# first includes tracing, and the next few settle.
+# Batches run before a budget's rate is measured (the first includes
+# tracing, and the next few settle), and the window it is measured over.
 BUDGET_PROBE = 5
 BUDGET_TIMED = 20
 
@@ -267,31 +269,31 @@ class _StopAt(keras.callbacks.Callback):
     """Ends `fit` after `steps` batches, inside a last, shorter epoch
     (counted here: reading the optimizer's step would copy it from the
     device every batch), or, with a budget of `seconds`, after the batches
-    that fit it at the rate of the timed ones (`horizon`, which the
-    learning rate's schedule reads)."""
+    that fit it (`horizon`, which the learning rate's schedule reads) at
+    the rate of the last `BUDGET_TIMED`, estimated again at every batch:
+    a CPU shared with other work slows down and speeds up."""
 
     def __init__(self, steps: int, seconds: float | None = None):
         super().__init__()
-        self.steps = steps
+        self.most = self.steps = steps
         self.seconds = seconds
         self.seen = 0
         self.horizon = keras.Variable(
             float(steps), dtype="float32", trainable=False, name="horizon"
         )
         self.start = time.perf_counter()
+        self.ends = collections.deque(maxlen=BUDGET_TIMED + 1)
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen += 1
-        if self.seconds is not None and self.seen == BUDGET_PROBE:
-            self.timed_from = time.perf_counter()
-        if (
-            self.seconds is not None
-            and self.seen == BUDGET_PROBE + BUDGET_TIMED
-        ):
-            now = time.perf_counter()
-            rate = (now - self.timed_from) / BUDGET_TIMED
-            more = int((self.start + self.seconds - now) / rate)
-            self.steps = max(self.seen, min(self.steps, self.seen + more))
-            self.horizon.assign(float(self.steps))
+        if self.seconds is not None and self.seen >= BUDGET_PROBE:
+            self.ends.append(time.perf_counter())
+        if len(self.ends) > BUDGET_TIMED:
+            rate = (self.ends[-1] - self.ends[0]) / BUDGET_TIMED
+            left = self.start + self.seconds - self.ends[-1]
+            steps = min(self.most, self.seen + max(0, int(left / rate)))
+            if steps != self.steps:
+                self.steps = steps
+                self.horizon.assign(float(steps))
         if self.seen >= self.steps:
             self.model.stop_training = True
