@@ -110,6 +110,16 @@ def test_a_budget_trains_the_steps_that_fit_and_ends_the_decay_there(
     np.testing.assert_allclose(
         float(history.model.optimizer._learning_rate(20)), 0.5e-3, rtol=1e-6
     )
+    # No time left (an ensemble's last member after the others overran):
+    # the fewest batches, those that measure the rate.
+    history = pretraining.pretrain_embedding(
+        embedding,
+        labelled_batches(_tiny_split(), 8, seed=0),
+        5,
+        steps=10_000,
+        seconds=0,
+    )
+    assert history.history["steps"] == probe + timed
 
 
 def test_an_ensemble_shares_its_budget_between_its_members(
@@ -133,12 +143,20 @@ def test_an_ensemble_shares_its_budget_between_its_members(
     assert clock.now - 1000.0 == pytest.approx(60.0)
     assert lines[1].startswith("Pretrained ensemble member conv4_1 (2 of 2)")
     assert "for 60 steps" in lines[1]
+    # A budget the first member overruns (25 batches, 12.5 s, of 6 s):
+    # the second has none left and trains the fewest batches.
+    config.pretrain_minutes = 0.1
+    short = config_pretraining.pretrain(
+        experiment.build_model(config), config, str(tmp_path / "short")
+    )
+    fewest = pretraining.BUDGET_PROBE + pretraining.BUDGET_TIMED
+    assert short == [fewest, fewest]
 
 
 def test_bad_budgets_are_named(tmp_path):
     embedding = tfmaml.networks.conv4((16, 16, 1), None, filters=4)
     batches = labelled_batches(_tiny_split(), 8, seed=0)
-    for seconds in (0, -1.0, math.inf, "60"):
+    for seconds in (-1.0, math.inf, "60"):
         with pytest.raises(ValueError, match=r"`seconds`.*Received"):
             pretraining.pretrain_embedding(
                 embedding, batches, 5, steps=3, seconds=seconds

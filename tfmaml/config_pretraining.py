@@ -54,14 +54,16 @@ def pretrain(
 ) -> list[int]:
     """Pretrains a ProtoNet's embedding on whole classes before its episodes
     (`tfmaml.pretraining`; `config.pretrain_steps` batches, 0: nothing to
-    do, or as many as fit `config.pretrain_minutes`, 0: no limit, shared
-    by an ensemble's members); returns the steps each member trained
-    (empty: nothing trained here). An embedding ensemble
-    (`config.ensemble_size`) pretrains each member in turn, each with its
-    own head and batches (`image_tasks.pretraining_seed`). The weights go
-    to `WORKDIR/pretrained.weights.h5`; a run that finds them there
-    (started again after a stop) loads them instead, so it goes on from
-    the same embedding. Each member's weights are kept as it ends, in
+    do, or as many as fit `config.pretrain_minutes` of this run, 0: no
+    limit, shared by an ensemble's members still to train; one with no
+    time left trains the fewest, `BUDGET_PROBE + BUDGET_TIMED`); returns
+    the steps each member trained (empty: nothing trained here). An
+    embedding ensemble (`config.ensemble_size`) pretrains each member in
+    turn, each with its own head and batches
+    (`image_tasks.pretraining_seed`). The weights go to
+    `WORKDIR/pretrained.weights.h5`; a run that finds them there (started
+    again after a stop) loads them instead, so it goes on from the same
+    embedding. Each member's weights are kept as it ends, in
     `WORKDIR/pretrained_members/` until the last one ends: a run stopped
     during an ensemble's pretraining loses only the member it was
     training (about 9 minutes of a Zen 5's 2 cores for the recipe's, 50
@@ -78,8 +80,9 @@ def pretrain(
 
     Raises:
         ValueError: If the config pretrains anything but a ProtoNet, names
-            an unknown `pretrain_head`, or sets `pretrain_on_validation`
-            without `pretrain_steps` or with episodes (`total_steps`).
+            an unknown `pretrain_head`, sets `pretrain_on_validation`
+            without `pretrain_steps` or with episodes (`total_steps`), or
+            a `pretrain_minutes` that is not a number >= 0.
     """
     start = time.perf_counter()
     steps = config.get("pretrain_steps", 0)
@@ -141,7 +144,8 @@ def pretrain(
             verbose=verbose,
             seed=image_tasks.pretraining_seed(config, i),
             seconds=(  # What is left, shared by the members left.
-                (60 * minutes - (member_start - start)) / (len(members) - i)
+                max(0.0, 60 * minutes - (member_start - start))
+                / (len(members) - i)
                 if minutes
                 else None
             ),

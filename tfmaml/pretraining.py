@@ -196,19 +196,19 @@ def pretrain_embedding(
             to Keras' global seed.
         seconds: The wall-time budget, from the call to the last batch
             (the first `BUDGET_PROBE + BUDGET_TIMED` batches run whatever
-            it is). Defaults to none: `steps` batches.
+            it is, even 0). Defaults to none: `steps` batches.
 
     Raises:
         ValueError: For a count that is not a positive int, a budget that
-            is not a positive number, or as `classifier`.
+            is not a number >= 0, or as `classifier`.
     """
     check_int("steps", steps, minimum=1)
     check_int("steps_per_epoch", steps_per_epoch, minimum=1)
     if seconds is not None and not (
-        isinstance(seconds, int | float) and 0 < seconds < math.inf
+        isinstance(seconds, int | float) and 0 <= seconds < math.inf
     ):
         raise ValueError(
-            "`seconds` must be a positive number of seconds (or None). "
+            "`seconds` must be a number of seconds >= 0 (or None). "
             f"Received: seconds={seconds!r}"
         )
     stop = _StopAt(steps, seconds)
