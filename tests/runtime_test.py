@@ -121,3 +121,32 @@ def test_tensorflow_imported_first_warns_only_if_onednn_is_off():
     # Asking for it off is a choice: no warning.
     result = _run(code, TF_ENABLE_ONEDNN_OPTS="0")
     assert "TF_ENABLE_ONEDNN_OPTS=1" not in result.stderr
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="no affinity mask here"
+)
+def test_the_20_way_recipe_gives_each_op_the_cores_it_may_use():
+    # Its training pretrains one classifier: no tasks to run side by side.
+    recipe = (
+        "import os; {pin}"
+        "from tfmaml import experiment; "
+        "from tfmaml.configs import omniglot_20way_1shot as c; "
+        "experiment.configure_runtime(c.get_config())"
+    )
+    cores = len(os.sched_getaffinity(0))
+    assert _pool_after(recipe.format(pin="")) == cores
+    pinned = "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+    assert _pool_after(recipe.format(pin=pinned)) == 1
+
+
+def test_usable_cores_falls_back_to_the_machines_count(monkeypatch):
+    from tfmaml import runtime
+
+    if hasattr(os, "sched_getaffinity"):
+        assert runtime.usable_cores() == len(os.sched_getaffinity(0))
+        monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert runtime.usable_cores() == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # Unknown: one.
+    assert runtime.usable_cores() == 1

@@ -1,16 +1,16 @@
 """Omniglot 20-way 1-shot: the best recipe measured so far for the subset
-split (five training alphabets; 89.9% on random and 81.7% on
-within-alphabet episodes of unseen alphabets over 3 seeds with its
-support and query views, 89.1% and 80.5% without views, in 27-29
-minutes on a Zen 5 EPYC's 2 cores, below the learning-quality issue's
-90%), and MAML's settings beside it.
+split (five training alphabets; 90.0% +- 0.3% on random and 82.0% +-
+1.0% on within-alphabet episodes of unseen alphabets over 3 seeds on 2 cores:
+two on a Zen 5 EPYC in 45 minutes of pretraining, one on a slower Zen 4
+within the 55-minute budget; the issue asks 90% on both), and MAML's
+settings beside it.
 
 Launch (the recipe; `saved_models/omniglot_20way_1shot/` is its export):
   python -m tfmaml.train --config=configs/omniglot_20way_1shot.py \
       --config.data_dir=DIR_WITH_ARCHIVES --workdir=runs/o20
 
 Variants, comma-separated after the path:
-- none: the recipe. A ProtoNet over an ensemble of three Conv4s (96
+- none: the recipe. A ProtoNet over an ensemble of five Conv4s (96
   filters, without their heads; `ensemble_size`,
   `tfmaml.networks.embedding_ensemble`: each member's embedding at unit
   length, concatenated, so the squared distance sums the members'
@@ -24,8 +24,9 @@ Variants, comma-separated after the path:
   `validation_alphabet`; benchmarks/RESULTS.md): pretraining over
   episodes (48.9% against 38.8% on validation for the same minutes), 96
   filters over 64 (128 did not gain on test), three members over one
-  (54.2% against 51.1%), 8 support views at test time
-  (`support_views`: 55.2% against 54.2%) and 4 query views
+  (54.2% against 51.1%) and five over three (58.0% against 56.4%, with
+  views; on test seeds 0 and 1, +0.3 random, +0.5 within), 8 support
+  views at test time (`support_views`: 55.2% against 54.2%) and 4 query views
   (`query_views`: 56.4%; 8 gave 56.6% at nearly twice the evaluation
   cost); the test alphabets only report, except where they overruled
   validation: a head fitted to each support set at test time
@@ -35,8 +36,13 @@ Variants, comma-separated after the path:
   one held-out alphabet and the test alphabets disagree. Once chosen,
   the final run pretrains on the validation fifth too
   (`pretrain_on_validation`; nothing after it is chosen on validation).
-  Earlier recipes, in RESULTS.md: one pretrained Conv4 (85.9% / 75.4%
-  over 3 seeds), episodic ProtoNet training (81.8% / 70.5%).
+  Pretraining stops at 55 minutes (`pretrain_minutes`): a CPU slower
+  than a Zen 5 trains each member fewer batches (as many as fit at its
+  measured rate) to stay within the issue's hour; on a Zen 5 all 3000
+  fit. `--config.pretrain_minutes=0` trains them all, however long.
+  Earlier recipes, in RESULTS.md: three members (89.9% / 81.7% over 3
+  seeds, 27-29 minutes), one pretrained Conv4 (85.9% / 75.4%), episodic
+  ProtoNet training (81.8% / 70.5%).
 - `maml`: MAML's settings (see `omniglot.py`): meta-batches of 16 tasks,
   5 inner steps of 0.1 in training and at test time.
 - `smoke`: a tiny run for tests (with either).
@@ -44,6 +50,7 @@ Variants, comma-separated after the path:
 
 import ml_collections
 
+from tfmaml import runtime
 from tfmaml.configs.omniglot import omniglot_config
 
 VARIANTS = ("maml", "smoke")
@@ -75,8 +82,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.restore_best_weights = True
     if "smoke" not in variants:
         config.filters = 96
-        config.ensemble_size = 3
+        config.ensemble_size = 5  # Validation +1.6 over 3 (58.0%).
         config.pretrain_steps = 3000
+        config.pretrain_minutes = 55.0  # The issue's hour, on any CPU.
+        # Pretraining is one classifier's batches, not tasks side by side:
+        # every core on each op trains 1.36x faster than one (Zen 4, 2
+        # cores; RESULTS), and evaluation is level.
+        config.intra_op_threads = runtime.usable_cores()
         config.pretrain_on_validation = True  # No episodes to choose.
         config.support_views = 8  # Validation +1.0 (54.2% to 55.2%).
         config.query_views = 4  # Validation +1.2 more (56.4%).

@@ -21,7 +21,6 @@ task distribution. `tfmaml.rl.locomotion` and `tfmaml.rl.metaworld_tasks`
 build the paper's half-cheetah and Meta-World's families on it.
 """
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,13 +28,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmaml import runtime
 from tfmaml.checks import check_int
 from tfmaml.checks import check_optional_int
 
 
 def default_num_workers() -> int:
     """One worker process per CPU core the process may use."""
-    return len(os.sched_getaffinity(0))
+    return runtime.usable_cores()
 
 
 class SimulatorFamily:
