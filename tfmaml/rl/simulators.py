@@ -33,11 +33,6 @@ from tfmaml.checks import check_int
 from tfmaml.checks import check_optional_int
 
 
-def default_num_workers() -> int:
-    """One worker process per CPU core the process may use."""
-    return runtime.usable_cores()
-
-
 class SimulatorFamily:
     """A task family stepped by simulators in worker processes.
 
@@ -49,7 +44,8 @@ class SimulatorFamily:
 
     Args:
         horizon: Steps per episode.
-        num_workers: Worker processes; defaults to one per CPU core.
+        num_workers: Worker processes; defaults to one per CPU core the
+            process may use (`tfmaml.runtime.usable_cores`).
 
     Raises:
         ValueError: If a count is not a positive int.
@@ -85,7 +81,7 @@ class SimulatorFamily:
 
             self._pool = EnvPool(
                 self.env_factory(),
-                self.num_workers or default_num_workers(),
+                self.num_workers or runtime.usable_cores(),
                 self.observation_size,
                 self.action_size,
                 self.horizon,
