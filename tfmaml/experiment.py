@@ -26,7 +26,7 @@ from tfmaml.data.streams import SPLIT_SEED_OFFSETS
 from tfmaml.image_tasks import IMAGE_SOURCES
 from tfmaml.model import MAML
 
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("float32", "float64", "mixed_bfloat16")
 
 
 TASKS = ("sinusoid", *IMAGE_SOURCES, *rl.FAMILIES)

@@ -334,20 +334,10 @@ class ProtoNet(MAML):
                     outputs["pre_loss"] = tf.stop_gradient(loss)
             return outputs
 
-        prediction = tf.TensorSpec(None, tf.float32)
-        spec = {
-            "predictions": prediction,
-            "state": [
-                tf.TensorSpec(None, tf.as_dtype(v.dtype))
-                for v in network.non_trainable_variables
-            ],
-        }
-        if with_pre_predictions:
-            spec["pre_predictions"] = prediction
-        if has_labels:
-            spec["loss"] = tf.TensorSpec([], tf.float32)
-            if with_pre_predictions:
-                spec["pre_loss"] = tf.TensorSpec([], tf.float32)
+        # Logits and losses in the embeddings' dtype.
+        spec = tasks.output_signature(
+            network, episode.query_x, has_labels, with_pre_predictions
+        )
         if gradients_of is not None:
             solve_task = tasks.differentiated_per_task(
                 solve_task,

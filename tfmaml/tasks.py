@@ -262,7 +262,7 @@ def solve_tasks(
                 )
         return outputs
 
-    spec = _output_signature(
+    spec = output_signature(
         network, episode.query_x, has_labels, with_pre_predictions
     )
     if with_fast_weights:
@@ -487,8 +487,10 @@ def network_state(network: keras.layers.Layer) -> list[tf.Tensor]:
     return [tf.convert_to_tensor(v) for v in network.non_trainable_variables]
 
 
-def _output_signature(network, query_x, has_labels, with_pre_predictions):
-    """The `fn_output_signature` of one task for `tf.map_fn`."""
+def output_signature(network, query_x, has_labels, with_pre_predictions):
+    """The `fn_output_signature` of one task for `tf.map_fn`: predictions and
+    losses in the dtype of `network`'s outputs (float32 for float16 or
+    bfloat16 ones, as `run_network` casts them; float64 in float64)."""
     spec = network.compute_output_spec(example_spec(query_x))
     dtype = tf.as_dtype(spec.dtype)
     if dtype in (tf.float16, tf.bfloat16):

@@ -46,9 +46,12 @@ def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
       (0: leave them as they are: importing tfmaml already set one thread
       per op, which lets tasks run side by side, one per core; see
       `tfmaml.runtime` and benchmarks/threads.py).
-    - `precision`: `"float32"` or `"mixed_bfloat16"` (Keras mixed
-      precision: bfloat16 compute, float32 weights and losses; 1.3x on
-      Conv4 on a CPU with AVX512-BF16).
+    - `precision`: `"float32"`, `"float64"` or `"mixed_bfloat16"` (Keras
+      mixed precision: bfloat16 compute, float32 weights and losses; 1.3x
+      on Conv4 on a CPU with AVX512-BF16). float64 is for comparing paths
+      exactly: adapted in float32, a network with max-pooling or ReLUs
+      jumps where rounding decides which input of a near-tie the inner
+      gradient flows through.
     - `early_stopping_patience`: validation epochs without improvement
       before training stops (Keras' `EarlyStopping` on the checkpoint's
       validation log; 0: off).
