@@ -39,7 +39,9 @@ def add_runtime_fields(config: ml_collections.ConfigDict) -> None:
     - `strategy`: `"default"` (one device), `"mirrored"` (all local
       devices) or `"multi_worker"` (hosts listed in `TF_CONFIG`).
     - `deterministic`: enable TensorFlow op determinism, so a resumed run
-      ends with the weights of an uninterrupted one.
+      ends with the weights of an uninterrupted one (not bitwise in one
+      case measured, second-order MAML through a Conv4 in
+      `task_loop="map"`: see Exact resume in the README).
     - `backup_every`: optimizer steps between backups for exact resume
       (a multiple of `steps_per_execution`).
     - `intra_op_threads`, `inter_op_threads`: TensorFlow's thread pools
