@@ -150,3 +150,26 @@ def test_usable_cores_falls_back_to_the_machines_count(monkeypatch):
     assert runtime.usable_cores() == 7
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # Unknown: one.
     assert runtime.usable_cores() == 1
+
+
+def test_the_precision_field_sets_the_dtype_policy_or_names_the_choices():
+    import keras
+
+    from tfmaml import experiment
+    from tfmaml.configs import sinusoid
+
+    config = sinusoid.get_config()
+    # Process-wide settings, not this test's subject.
+    config.deterministic = False
+    config.intra_op_threads = config.inter_op_threads = 0
+    previous = keras.config.dtype_policy()
+    try:
+        config.precision = "float64"
+        experiment.configure_runtime(config)
+        assert keras.config.dtype_policy().name == "float64"
+        config.precision = "float16"
+        with pytest.raises(ValueError, match="`precision` must be one of"):
+            experiment.configure_runtime(config)
+        assert keras.config.dtype_policy().name == "float64"  # Unchanged.
+    finally:
+        keras.config.set_dtype_policy(previous)
