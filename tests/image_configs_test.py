@@ -127,10 +127,10 @@ def test_image_config_smoke_run_trains_evaluates_and_exports(
             # (or a ReLU's input and 0) are within float32 rounding of a
             # tie, the inner gradient flows through one or the other, and
             # the two graphs (the export's, with unknown batch sizes, and
-            # this process's) round differently: seen as a jump of 0.07 in
-            # a logit of this small, barely trained network, on about one
-            # support set in five, while a 1e-7 change of the support
-            # images moved it as much. In float64 such near-ties are a
+            # this process's) round differently: on one such small, barely
+            # trained network, logits more than 1e-3 apart on 7 of 15
+            # support sets and up to 0.08, while a 1e-7 change of the
+            # support images moved them as much. In float64 such near-ties are a
             # billion times rarer and the paths agree to 2e-14 (15 draws).
             "--config.precision=float64",
             "--config.eval_inner_steps=3",
