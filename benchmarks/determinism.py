@@ -19,6 +19,7 @@ Usage:
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -123,6 +124,18 @@ def _run_row(spec):
     }
 
 
+def _spawn_row(spec):
+    """`_run_row(spec)` in a fresh process (its own TensorFlow runtime)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv):
     del argv
     if FLAGS.child:
@@ -135,39 +148,33 @@ def main(argv):
         unknown = [v for v in values if v not in known]
         if unknown:
             raise ValueError(f"Unknown --{name} {unknown}: use {list(known)}")
+    order = "first" if FLAGS.first_order else "second"
     rows = []
-    for task_loop in FLAGS.task_loops:
-        for steps in map(int, FLAGS.steps):
-            for norm in FLAGS.norms:
-                for pool in FLAGS.pools:
-                    spec = dict(
-                        norm=norm,
-                        pool=pool,
-                        steps=steps,
-                        task_loop=task_loop,
-                        first_order=FLAGS.first_order,
-                        calls=FLAGS.calls,
-                    )
-                    done = subprocess.run(
-                        [sys.executable, __file__, "--child", json.dumps(spec)],
-                        capture_output=True,
-                        text=True,
-                    )
-                    if done.returncode:
-                        raise RuntimeError(done.stderr[-3000:])
-                    result = json.loads(done.stdout.strip().splitlines()[-1])
-                    rows.append(
-                        [
-                            task_loop,
-                            str(steps),
-                            "first" if FLAGS.first_order else "second",
-                            norm,
-                            pool,
-                            f"{result['distinct']} / {FLAGS.calls}",
-                            str(result["commonest"]),
-                            f"{result['spread']:.1e}",
-                        ]
-                    )
+    for task_loop, steps, norm, pool in itertools.product(
+        FLAGS.task_loops, map(int, FLAGS.steps), FLAGS.norms, FLAGS.pools
+    ):
+        result = _spawn_row(
+            dict(
+                norm=norm,
+                pool=pool,
+                steps=steps,
+                task_loop=task_loop,
+                first_order=FLAGS.first_order,
+                calls=FLAGS.calls,
+            )
+        )
+        rows.append(
+            [
+                task_loop,
+                str(steps),
+                order,
+                norm,
+                pool,
+                f"{result['distinct']} / {FLAGS.calls}",
+                str(result["commonest"]),
+                f"{result['spread']:.1e}",
+            ]
+        )
     common.print_report(
         [
             "task loop",
