@@ -130,8 +130,9 @@ def test_image_config_smoke_run_trains_evaluates_and_exports(
             # this process's) round differently: on one such small, barely
             # trained network, logits more than 1e-3 apart on 7 of 15
             # support sets and up to 0.08, while a 1e-7 change of the
-            # support images moved them as much. In float64 such near-ties are a
-            # billion times rarer and the paths agree to 2e-14 (15 draws).
+            # support images moved them as much. In float64 such near-ties
+            # are a billion times rarer and the paths agree to 2e-14 (15
+            # draws).
             "--config.precision=float64",
             "--config.eval_inner_steps=3",
             "--workdir=run",
