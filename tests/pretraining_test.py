@@ -110,6 +110,100 @@ def test_bad_arguments_are_named():
         )
 
 
+def _grouped_split():
+    """Six classes of 4 images in three groups that are not contiguous in
+    class order: class c is in group c % 3."""
+    images = np.random.default_rng(1).random((24, 6, 6, 1)).astype("f4")
+    labels = np.arange(24) % 6
+    groups = np.array(["g0", "g1", "g2"])[labels % 3]
+    return sources.from_arrays(images, labels, metadata={"group": groups})
+
+
+def test_grouped_batches_draw_from_one_group_each_and_resume():
+    split = _grouped_split()
+    batches = labelled_batches(
+        split, 16, seed=2, rotations=True, group_by="group", num_batches=60
+    )
+    groups_seen, images_seen = set(), set()
+    for x, y in batches:
+        classes = y.numpy() % split.num_classes
+        (group,) = set(classes % 3)  # One group a batch.
+        groups_seen.add(group)
+        for image, label in zip(x.numpy(), y.numpy(), strict=True):
+            orientation, c = divmod(int(label), split.num_classes)
+            start = split.class_starts[c]
+            matches = [
+                i
+                for i in range(start, start + split.class_sizes[c])
+                if np.array_equal(
+                    _orientations(split.images[i])[orientation], image
+                )
+            ]
+            assert len(matches) == 1, (label, matches)
+            images_seen.add(matches[0])
+    assert groups_seen == {0, 1, 2}
+    assert len(images_seen) == 24  # Every image of every group drawn.
+    resumed = next(
+        iter(
+            labelled_batches(
+                split, 16, seed=2, rotations=True, group_by="group", start=7
+            )
+        )
+    )
+    seventh = list(batches.skip(7).take(1))[0]
+    np.testing.assert_array_equal(seventh[0], resumed[0])
+    np.testing.assert_array_equal(seventh[1], resumed[1])
+
+
+def test_a_group_fraction_groups_that_share_of_the_batches():
+    split = _grouped_split()
+    grouped = 0
+    for _, y in labelled_batches(
+        split, 32, group_by="group", group_fraction=0.25, num_batches=400
+    ):
+        grouped += len(set(y.numpy() % 3)) == 1
+    # Binomial(400, 0.25): 100 +- 8.7; a batch of 32 drawn from the whole
+    # split falls in one group with probability 3 / 3^32.
+    assert 70 <= grouped <= 130
+
+
+def test_bad_groupings_are_named():
+    split = _grouped_split()
+    with pytest.raises(ValueError, match=r"group_by='alphabet'.*\['group'\]"):
+        labelled_batches(split, 4, group_by="alphabet")
+    for fraction in (0, 1.5, "half", True):
+        with pytest.raises(ValueError, match="group_fraction"):
+            labelled_batches(
+                split, 4, group_by="group", group_fraction=fraction
+            )
+    with pytest.raises(ValueError, match="group_fraction.*group_by"):
+        labelled_batches(split, 4, group_fraction=0.5)
+    mixed = sources.from_arrays(
+        split.images, np.arange(24) % 6, metadata={"group": np.arange(24) % 4}
+    )
+    with pytest.raises(ValueError, match="several 'group' groups"):
+        labelled_batches(mixed, 4, group_by="group")
+
+
+def test_the_config_groups_pretraining_batches_by_alphabet():
+    config = omniglot_20way_1shot.get_config("smoke")
+    config.data_dir = str(OMNIGLOT)
+    config.pretrain_on_validation = True  # Classes from two splits.
+    config.pretrain_group_by = "alphabet"
+    config.pretrain_group_fraction = 0.5
+    (batches,), classes = image_tasks.labelled_training_batches(config)
+    joined = image_tasks.labelled_training_source(config)
+    alphabets = joined.metadata["alphabet"][joined.class_starts]
+    per_batch = [
+        len(set(alphabets[y.numpy() % joined.num_classes]))
+        for _, y in batches.take(12)
+    ]
+    assert 1 in per_batch and max(per_batch) > 1, per_batch
+    config.pretrain_group_by = "script"
+    with pytest.raises(ValueError, match="group_by='script'"):
+        image_tasks.labelled_training_batches(config)
+
+
 def test_cosine_logits_are_a_learned_scale_times_cosines():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 5)).astype("f4")

@@ -168,7 +168,8 @@ def labelled_training_batches(
     """The training classes as labelled batches for whole-class
     pretraining (`tfmaml.data.labelled_batches`: the config's rotations,
     reflections and augmentation, `config.pretrain_batch_size` images a
-    batch), one stream per member of an embedding ensemble, each with its
+    batch, grouped by `config.pretrain_group_by` if set), one stream per
+    member of an embedding ensemble, each with its
     own draws and distortions (member 0's are a single embedding's), and
     how many classes they label. The split is preprocessed once for all.
     With `config.pretrain_on_validation` the validation classes are
@@ -178,13 +179,7 @@ def labelled_training_batches(
         config: An image config.
         members: How many streams. Defaults to 1.
     """
-    classes = _load_classes(config)
-    source = classes.train
-    if config.get("pretrain_on_validation", False):
-        source = data.join_classes(
-            source, classes.validation, name=f"{source.name}+validation"
-        )
-    source = data.prepare(source, preprocessing(config))
+    source = labelled_training_source(config)
     orientations = {
         "rotations": config.rotations,
         "reflections": config.get("reflections", False),
@@ -195,11 +190,28 @@ def labelled_training_batches(
             config.pretrain_batch_size,
             seed=pretraining_seed(config, member),
             augment=_augmentation(config),
+            group_by=config.get("pretrain_group_by") or None,
+            group_fraction=config.get("pretrain_group_fraction", 1.0),
             **orientations,
         )
         for member in range(members)
     ]
     return streams, data.labelled_classes(source, **orientations)
+
+
+def labelled_training_source(
+    config: ml_collections.ConfigDict,
+) -> data.ClassIndexedImages:
+    """The classes whole-class pretraining labels, preprocessed: the
+    training split's, then with `config.pretrain_on_validation` the
+    validation split's (`data.join_classes`)."""
+    classes = _load_classes(config)
+    source = classes.train
+    if config.get("pretrain_on_validation", False):
+        source = data.join_classes(
+            source, classes.validation, name=f"{source.name}+validation"
+        )
+    return data.prepare(source, preprocessing(config))
 
 
 def pretraining_seed(config: ml_collections.ConfigDict, member: int = 0) -> int:

@@ -103,11 +103,16 @@ def few_shot_config(
     # budget for all of it (an ensemble's members share it), within which
     # each member trains at most `pretrain_steps`, as many as fit at the
     # CPU's measured rate, with its cosine decay ending there; 0: none.
+    # `pretrain_group_by`: a metadata field (e.g. "alphabet") whose groups
+    # `pretrain_group_fraction` of the batches are each drawn from, one
+    # group a batch (`tfmaml.data.labelled_batches`' `group_by`); "": none.
     config.pretrain_steps = 0
     config.pretrain_minutes = 0.0
     config.pretrain_on_validation = False
     config.pretrain_head = "linear"
     config.pretrain_batch_size = 256
+    config.pretrain_group_by = ""
+    config.pretrain_group_fraction = 1.0
     config.pretrain_learning_rate = 1e-3
     # A ProtoNet's views: each support image (query) also embedded as this
     # many copies distorted by `augmentation`'s ranges, outside training

@@ -22,8 +22,13 @@ from tfmaml.data.episodes import _as_class_indexed
 from tfmaml.data.episodes import _orient
 from tfmaml.data.episodes import _orientations
 from tfmaml.data.episodes import check_orientable
+from tfmaml.data.episodes import grouped_classes
 from tfmaml.data.streams import batch_seeds
 from tfmaml.data.streams import indexed_stream
+
+# Seeds the draws of grouped batches apart from the images' and the
+# distortions', so that `group_by=None` keeps the stream it always had.
+GROUP_SEED_OFFSET = 5_000_011
 
 
 def labelled_classes(source, *, rotations=False, reflections=False) -> int:
@@ -41,6 +46,8 @@ def labelled_batches(
     rotations: bool = False,
     reflections: bool = False,
     augment: AffineAugmentation | None = None,
+    group_by: str | None = None,
+    group_fraction: float = 1.0,
     num_batches: int | None = None,
     start: int = 0,
 ) -> tf.data.Dataset:
@@ -62,6 +69,17 @@ def labelled_batches(
         reflections: Mirrored classes are classes. Defaults to `False`.
         augment: An `AffineAugmentation` applied to every image, each its
             own draw. Defaults to `None`.
+        group_by: A metadata field of `source` (e.g. `"alphabet"`): a
+            grouped batch draws all its images from one group, picked
+            uniformly, each image uniformly among the group's. Why: a
+            network normalised by batch statistics sees a within-alphabet
+            task's images normalised by one alphabet's statistics, and a
+            grouped batch trains it in that regime (on Omniglot it raised
+            within-alphabet accuracy; benchmarks/RESULTS.md). Defaults to
+            `None`: every image drawn from the whole split.
+        group_fraction: With `group_by`, the fraction of batches that are
+            grouped, each batch drawn grouped or not by its own seed; the
+            others draw from the whole split. Defaults to `1.0`.
         num_batches: Number of batches; `None` (the default) repeats
             forever.
         start: The index of the first batch (a resumed run). Defaults to 0.
@@ -88,6 +106,7 @@ def labelled_batches(
     check_int("start", start, minimum=0)
     check_optional_int("num_batches", num_batches, minimum=1)
     check_orientable(source, rotations, reflections)
+    group_fraction = _check_group_fraction(group_by, group_fraction)
     images = tf.constant(source.images)
     check_augment(augment, images, source.name)
     # Image `order[i]` of the split is of class `labels[i]`.
@@ -99,12 +118,22 @@ def labelled_batches(
     orientations = _orientations(rotations, reflections)
     count = len(order)
     labels, order = tf.constant(labels), tf.constant(order, tf.int32)
+    if group_by is not None:
+        groups = _GroupPositions(source, group_by)
 
     def make_batch(index):
         draw = batch_seeds(seed, index, 2)
         picked = tf.random.stateless_uniform(
             [batch_size], draw[0], maxval=count, dtype=tf.int32
         )
+        if group_by is not None:
+            draws = batch_seeds(seed + GROUP_SEED_OFFSET, index, 3)
+            grouped = tf.random.stateless_uniform([], draws[0])
+            picked = tf.where(
+                grouped < group_fraction,
+                groups.draw(batch_size, draws[1:]),
+                picked,
+            )
         turns = tf.random.stateless_uniform(
             [batch_size], draw[1], maxval=orientations, dtype=tf.int32
         )
@@ -121,3 +150,59 @@ def labelled_batches(
         return x, y
 
     return indexed_stream(make_batch, num_batches, start)
+
+
+def _check_group_fraction(group_by, group_fraction) -> float:
+    if group_by is None:
+        if group_fraction != 1.0:
+            raise ValueError(
+                "`group_fraction` is the fraction of batches drawn from one "
+                "group, but `group_by` is None (no groups). Received: "
+                f"group_fraction={group_fraction!r}"
+            )
+        return 1.0
+    if isinstance(group_fraction, bool) or not isinstance(
+        group_fraction, int | float
+    ):
+        raise ValueError(
+            "`group_fraction` must be a number in (0, 1]. Received: "
+            f"group_fraction={group_fraction!r}"
+        )
+    if not 0.0 < group_fraction <= 1.0:
+        raise ValueError(
+            "`group_fraction` must be in (0, 1]. Received: "
+            f"group_fraction={group_fraction!r}"
+        )
+    return float(group_fraction)
+
+
+class _GroupPositions:
+    """Every group's images as positions in `labelled_batches`' image
+    order (class by class), for drawing a batch from one group."""
+
+    def __init__(self, source, group_by):
+        firsts = np.concatenate([[0], np.cumsum(source.class_sizes)[:-1]])
+        positions, starts, sizes = [], [], []
+        # Orientations do not change a class's group: count classes once.
+        for classes in grouped_classes(source, group_by, 1).values():
+            spans = [
+                np.arange(firsts[c], firsts[c] + source.class_sizes[c])
+                for c in classes
+            ]
+            starts.append(sum(len(p) for p in positions))
+            positions.extend(spans)
+            sizes.append(sum(len(p) for p in spans))
+        self.positions = tf.constant(np.concatenate(positions), tf.int32)
+        self.starts = tf.constant(starts, tf.int32)
+        self.sizes = tf.constant(sizes, tf.int32)
+
+    def draw(self, batch_size, seeds):
+        """`batch_size` positions from one group: the group uniform among
+        them (`seeds[0]`), each image uniform within it (`seeds[1]`)."""
+        group = tf.random.stateless_uniform(
+            [], seeds[0], maxval=tf.size(self.sizes), dtype=tf.int32
+        )
+        within = tf.random.stateless_uniform(
+            [batch_size], seeds[1], maxval=self.sizes[group], dtype=tf.int32
+        )
+        return tf.gather(self.positions, self.starts[group] + within)
