@@ -74,9 +74,10 @@ def labelled_batches(
             uniformly, each image uniformly among the group's. Why: a
             network normalised by batch statistics sees a within-alphabet
             task's images normalised by one alphabet's statistics, and a
-            grouped batch trains it in that regime (on Omniglot it raised
-            within-alphabet accuracy; benchmarks/RESULTS.md). Defaults to
-            `None`: every image drawn from the whole split.
+            grouped batch trains it in that regime (on Omniglot's 20-way
+            tasks it measured level over two seeds, so the recipe does not
+            use it; benchmarks/RESULTS.md). Defaults to `None`: every image
+            drawn from the whole split.
         group_fraction: With `group_by`, the fraction of batches that are
             grouped, each batch drawn grouped or not by its own seed; the
             others draw from the whole split. Defaults to `1.0`.
