@@ -169,9 +169,9 @@ def labelled_training_batches(
     pretraining (`tfmaml.data.labelled_batches`: the config's rotations,
     reflections and augmentation, `config.pretrain_batch_size` images a
     batch, grouped by `config.pretrain_group_by` if set), one stream per
-    member of an embedding ensemble, each with its
-    own draws and distortions (member 0's are a single embedding's), and
-    how many classes they label. The split is preprocessed once for all.
+    member of an embedding ensemble, each with its own draws and
+    distortions (member 0's are a single embedding's), and how many
+    classes they label. The split is preprocessed once for all.
     With `config.pretrain_on_validation` the validation classes are
     training classes too (`data.join_classes`).
 
