@@ -191,7 +191,7 @@ def test_the_config_groups_pretraining_batches_by_alphabet():
     config.pretrain_on_validation = True  # Classes from two splits.
     config.pretrain_group_by = "alphabet"
     config.pretrain_group_fraction = 0.5
-    (batches,), classes = image_tasks.labelled_training_batches(config)
+    (batches,), _ = image_tasks.labelled_training_batches(config)
     joined = image_tasks.labelled_training_source(config)
     alphabets = joined.metadata["alphabet"][joined.class_starts]
     per_batch = [

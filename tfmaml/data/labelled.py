@@ -118,9 +118,9 @@ def labelled_batches(
     order = np.concatenate([np.arange(s, s + n) for s, n in spans])
     orientations = _orientations(rotations, reflections)
     count = len(order)
-    labels, order = tf.constant(labels), tf.constant(order, tf.int32)
     if group_by is not None:
-        groups = _GroupPositions(source, group_by)
+        groups = _GroupPositions(source, group_by, labels)
+    labels, order = tf.constant(labels), tf.constant(order, tf.int32)
 
     def make_batch(index):
         draw = batch_seeds(seed, index, 2)
@@ -162,16 +162,13 @@ def _check_group_fraction(group_by, group_fraction) -> float:
                 f"group_fraction={group_fraction!r}"
             )
         return 1.0
-    if isinstance(group_fraction, bool) or not isinstance(
-        group_fraction, int | float
+    if (
+        isinstance(group_fraction, bool)
+        or not isinstance(group_fraction, int | float)
+        or not 0.0 < group_fraction <= 1.0
     ):
         raise ValueError(
             "`group_fraction` must be a number in (0, 1]. Received: "
-            f"group_fraction={group_fraction!r}"
-        )
-    if not 0.0 < group_fraction <= 1.0:
-        raise ValueError(
-            "`group_fraction` must be in (0, 1]. Received: "
             f"group_fraction={group_fraction!r}"
         )
     return float(group_fraction)
@@ -179,22 +176,18 @@ def _check_group_fraction(group_by, group_fraction) -> float:
 
 class _GroupPositions:
     """Every group's images as positions in `labelled_batches`' image
-    order (class by class), for drawing a batch from one group."""
+    order, for drawing a batch from one group."""
 
-    def __init__(self, source, group_by):
-        firsts = np.concatenate([[0], np.cumsum(source.class_sizes)[:-1]])
-        positions, starts, sizes = [], [], []
-        # Orientations do not change a class's group: count classes once.
-        for classes in grouped_classes(source, group_by, 1).values():
-            spans = [
-                np.arange(firsts[c], firsts[c] + source.class_sizes[c])
-                for c in classes
-            ]
-            starts.append(sum(len(p) for p in positions))
-            positions.extend(spans)
-            sizes.append(sum(len(p) for p in spans))
-        self.positions = tf.constant(np.concatenate(positions), tf.int32)
-        self.starts = tf.constant(starts, tf.int32)
+    def __init__(self, source, group_by, labels):
+        # `labels[i]`: the class at position i. Orientations do not change
+        # a class's group, so classes are counted once.
+        spans = [
+            np.flatnonzero(np.isin(labels, classes))
+            for classes in grouped_classes(source, group_by, 1).values()
+        ]
+        sizes = np.array([len(span) for span in spans])
+        self.positions = tf.constant(np.concatenate(spans), tf.int32)
+        self.starts = tf.constant(np.cumsum(sizes) - sizes, tf.int32)
         self.sizes = tf.constant(sizes, tf.int32)
 
     def draw(self, batch_size, seeds):
