@@ -2,6 +2,7 @@
 
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -54,7 +55,7 @@ def print_report(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     import keras
     import tensorflow as tf
 
-    print("command: python " + " ".join(sys.argv))
+    print("command: python " + shlex.join(sys.argv))
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; python "
         f"{platform.python_version()}, tensorflow {tf.__version__}, keras "
@@ -82,3 +83,27 @@ def time_budget(seconds: float):
                 self.model.stop_training = True
 
     return TimeBudget()
+
+
+# Student's t, two-sided 95%, by degrees of freedom (1 to 30: up to 31
+# samples; more are refused rather than given the normal's 1.96).
+T95 = dict(
+    enumerate(
+        (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+        + (2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101)
+        + (2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052)
+        + (2.048, 2.045, 2.042),
+        start=1,
+    )
+)
+
+
+def parse_value(text: str):
+    """A config value given on the command line: a Python literal, else the
+    text itself (e.g. an algorithm's name)."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

@@ -62,18 +62,6 @@ flags.DEFINE_integer("parallel", 1, "With --seeds: runs at a time.")
 flags.DEFINE_string("out", "", "With --seeds: workdirs (default: a temp dir).")
 FLAGS = flags.FLAGS
 
-# Student's t, two-sided 95%, by degrees of freedom (1 to 30: up to 31
-# seeds; more are refused rather than given the normal's 1.96).
-T95 = dict(
-    enumerate(
-        (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
-        + (2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101)
-        + (2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052)
-        + (2.048, 2.045, 2.042),
-        start=1,
-    )
-)
-
 
 def _train_command(config, seed, workdir):
     module, _, variant = config.partition(":")
@@ -146,7 +134,7 @@ def _seeds_report():
             values = by_config[(config, kind)]
             mean = statistics.fmean(values)
             half = (
-                T95[len(values) - 1]
+                common.T95[len(values) - 1]
                 * statistics.stdev(values)
                 / len(values) ** 0.5
                 if len(values) > 1
@@ -165,10 +153,10 @@ def _seeds_report():
 def main(argv):
     del argv
     if FLAGS.seeds:
-        if len(FLAGS.seeds) > len(T95) + 1:
+        if len(FLAGS.seeds) > len(common.T95) + 1:
             raise ValueError(
-                f"--seeds: at most {len(T95) + 1} seeds (the Student's t "
-                f"table's reach); received {len(FLAGS.seeds)}."
+                f"--seeds: at most {len(common.T95) + 1} seeds (the Student's "
+                f"t table's reach); received {len(FLAGS.seeds)}."
             )
         _seeds_report()
         return

@@ -15,7 +15,6 @@ Usage:
       [--set=field=value,...] [--data_dir=DIR]
 """
 
-import ast
 import json
 import os
 import pathlib
@@ -44,13 +43,6 @@ flags.DEFINE_string("one", "", "Internal: run one value.")
 FLAGS = flags.FLAGS
 
 
-def _value(text):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # A string value, e.g. an algorithm's name.
-
-
 def _run_one(value):
 
     import keras
@@ -62,7 +54,7 @@ def _run_one(value):
     config.data_dir = FLAGS.data_dir
     for override in FLAGS.set:
         field, _, text = override.partition("=")
-        config[field] = _value(text)
+        config[field] = common.parse_value(text)
     config[FLAGS.field] = value
     config.total_steps = 1_000_000  # Time alone ends the run.
     config.validation_batches = -(-FLAGS.tasks // config.meta_batch_size)
@@ -103,7 +95,7 @@ def _run_one(value):
 def main(argv):
     del argv
     if FLAGS.one:
-        _run_one(_value(FLAGS.one))
+        _run_one(common.parse_value(FLAGS.one))
         return
     rows = []
     for text in FLAGS.values:
