@@ -107,3 +107,13 @@ def parse_value(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def override(config, assignment: str) -> None:
+    """Sets `config`'s field from `field=value` (a dotted field reaches
+    into a nested ConfigDict, e.g. `augmentation.shift=0.15`)."""
+    field, _, text = assignment.partition("=")
+    *parents, name = field.split(".")
+    for parent in parents:
+        config = config[parent]
+    config[name] = parse_value(text)

@@ -28,7 +28,8 @@ pretrain_group_fraction=0.5" \
       [--data_dir=DIR]
 
 An arm is `name:field=value;field=value` (nothing after the colon: the
-config as `--set` leaves it); the first arm is the reference.
+config as `--set` leaves it; a dotted field reaches into a nested one,
+e.g. `augmentation.shift=0.15`); the first arm is the reference.
 """
 
 import json
@@ -78,9 +79,8 @@ def _run_one(run):
 
     config = common.load_config(FLAGS.config)
     config.data_dir = FLAGS.data_dir
-    for override in FLAGS.set + _arms()[run["arm"]]:
-        field, _, text = override.partition("=")
-        config[field] = common.parse_value(text)
+    for assignment in FLAGS.set + _arms()[run["arm"]]:
+        common.override(config, assignment)
     config.validation_alphabet = run["alphabet"]
     config.seed = int(run["seed"])
     config.pretrain_on_validation = False

@@ -52,9 +52,8 @@ def _run_one(value):
 
     config = common.load_config(FLAGS.config)
     config.data_dir = FLAGS.data_dir
-    for override in FLAGS.set:
-        field, _, text = override.partition("=")
-        config[field] = common.parse_value(text)
+    for assignment in FLAGS.set:
+        common.override(config, assignment)
     config[FLAGS.field] = value
     config.total_steps = 1_000_000  # Time alone ends the run.
     config.validation_batches = -(-FLAGS.tasks // config.meta_batch_size)
