@@ -34,7 +34,6 @@ Usage:
 import json
 import math
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -45,9 +44,6 @@ import common  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-DEFAULT_DATA = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-)
 ALGORITHMS = (
     "maml",
     "fomaml",
@@ -64,7 +60,7 @@ flags.DEFINE_integer(
     "omniglot_steps", 0, "Omniglot schedules' length and cap (0: 20/minute)."
 )
 flags.DEFINE_list("ways", ["5"], "Omniglot ways: 5 and/or 20 (1-shot).")
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Omniglot archives.")
+flags.DEFINE_string("data_dir", str(common.OMNIGLOT_DATA), "Omniglot archives.")
 flags.DEFINE_list("algorithms", list(ALGORITHMS), "Algorithms to run.")
 flags.DEFINE_list("tasks", ["sinusoid", "omniglot"], "Task families to run.")
 flags.DEFINE_string("one", "", "Internal: run one 'task:algorithm:ways'.")

@@ -1,9 +1,16 @@
 """What every benchmark prints: the command, the machine, a Markdown table."""
 
+import math
 import os
+import pathlib
 import platform
 import shlex
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from collections.abc import Sequence
 
 # Environment that caps both frameworks' kernels at an instruction set:
@@ -16,6 +23,11 @@ ISA_LIMITS = {
         "ATEN_CPU_CAPABILITY": "avx512",
     },
 }
+
+# The Omniglot subsets beside the repository (../shared/data/omniglot).
+OMNIGLOT_DATA = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
+)
 
 
 def run(main) -> None:
@@ -117,3 +129,49 @@ def override(config, assignment: str) -> None:
     for parent in parents:
         config = config[parent]
     config[name] = parse_value(text)
+
+
+def t_interval(values: Sequence[float]) -> float:
+    """The half-width of the 95% Student's t interval of `values`' mean
+    (`nan` for a single value)."""
+    if len(values) < 2:
+        return float("nan")
+    return (
+        T95[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+    )
+
+
+def run_at_a_time(
+    commands: Sequence[Sequence[str]], jobs: int, failure
+) -> Iterator[tuple[int, str]]:
+    """Runs `commands` (argument lists) in processes of their own, `jobs` at
+    a time, and yields `(index, stdout)` as each ends. A command that fails
+    raises `RuntimeError(failure(index))` and stops the others: left on,
+    they would share the cores with whatever runs next. Stdout goes to a
+    temporary file, so a chatty command cannot block on a full pipe."""
+    waiting, running = list(enumerate(commands)), {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                index, command = waiting.pop(0)
+                output = tempfile.TemporaryFile("w+")
+                running[index] = (
+                    subprocess.Popen(command, stdout=output),
+                    output,
+                )
+            time.sleep(1)
+            for index, (process, output) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[index]
+                with output:
+                    output.seek(0)
+                    text = output.read()
+                if process.returncode:
+                    raise RuntimeError(failure(index))
+                yield index, text
+    finally:
+        for process, output in running.values():
+            process.kill()
+            process.wait()
+            output.close()

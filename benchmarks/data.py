@@ -10,7 +10,6 @@ Usage:
 """
 
 import os
-import pathlib
 import statistics
 import time
 
@@ -19,10 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import common  # noqa: E402
 from absl import flags  # noqa: E402
 
-DEFAULT_DATA = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-)
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Omniglot archives.")
+flags.DEFINE_string("data_dir", str(common.OMNIGLOT_DATA), "Omniglot archives.")
 flags.DEFINE_integer("batches", 300, "Meta-batches read to time the pipeline.")
 flags.DEFINE_integer("steps", 4, "Timed meta-training steps per config.")
 FLAGS = flags.FLAGS

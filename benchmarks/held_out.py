@@ -33,11 +33,8 @@ e.g. `augmentation.shift=0.15`); the first arm is the reference.
 """
 
 import json
-import math
 import os
-import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,9 +44,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import common  # noqa: E402
 from absl import flags  # noqa: E402
 
-DEFAULT_DATA = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-)
 # The training alphabets of the Omniglot subset split (images_background_
 # small1; see ../shared/data/omniglot/README.md).
 TRAINING_ALPHABETS = ("Balinese", "Early_Aramaic", "Greek", "Korean", "Latin")
@@ -64,7 +58,7 @@ flags.DEFINE_list("alphabets", list(TRAINING_ALPHABETS), "Held out in turn.")
 flags.DEFINE_list("seeds", ["0"], "Seeds of every (arm, alphabet).")
 flags.DEFINE_integer("tasks", 300, "Validation tasks per run.")
 flags.DEFINE_integer("jobs", 1, "Runs at a time, the cores split.")
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Data directory.")
+flags.DEFINE_string("data_dir", str(common.OMNIGLOT_DATA), "Data directory.")
 flags.DEFINE_string("one", "", "Internal: one run, as JSON.")
 FLAGS = flags.FLAGS
 
@@ -123,38 +117,19 @@ def _run_one(run):
     )
 
 
-def _launch(run):
-    args = [a for a in sys.argv[1:] if not a.startswith("--one")]
-    return subprocess.Popen(
-        [sys.executable, __file__, *args, f"--one={json.dumps(run)}"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _finish(process):
-    output, _ = process.communicate()
-    if process.returncode:
-        raise RuntimeError(
-            f"A run failed (exit {process.returncode}): {process.args[-1]}"
-        )
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def _run_all(runs):
     """Runs every run, `--jobs` at a time; returns their results in order."""
-    results, running = {}, []
-    try:
-        for index, run in enumerate(runs):
-            running.append((index, _launch(run)))
-            if len(running) == FLAGS.jobs or index == len(runs) - 1:
-                for done, process in running:
-                    results[done] = _finish(process)
-                    print(json.dumps(results[done]), flush=True)
-                running = []
-    finally:  # A failed run stops the others rather than leave them on.
-        for _, process in running:
-            process.kill()
+    args = [a for a in sys.argv[1:] if not a.startswith("--one")]
+    commands = [
+        [sys.executable, __file__, *args, f"--one={json.dumps(run)}"]
+        for run in runs
+    ]
+    results = {}
+    for index, output in common.run_at_a_time(
+        commands, FLAGS.jobs, lambda i: f"A run failed: {runs[i]}"
+    ):
+        results[index] = json.loads(output.strip().splitlines()[-1])
+        print(json.dumps(results[index]), flush=True)
     return [results[i] for i in range(len(runs))]
 
 
@@ -198,11 +173,7 @@ def _paired_summary(results, arms):
             cells.append("")
         else:
             diffs = [scores[k] - reference[k] for k in reference]
-            half = (
-                common.T95[len(diffs) - 1]
-                * statistics.stdev(diffs)
-                / math.sqrt(len(diffs))
-            )
+            half = common.t_interval(diffs)
             cells.append(
                 f"{100 * statistics.fmean(diffs):+.2f} +- {100 * half:.2f}"
             )

@@ -35,7 +35,6 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,11 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import common  # noqa: E402
 from absl import flags  # noqa: E402
 
-DEFAULT_DATA = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-)
 flags.DEFINE_float("minutes", 15.0, "Meta-training wall time per config.")
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Omniglot archives.")
+flags.DEFINE_string("data_dir", str(common.OMNIGLOT_DATA), "Omniglot archives.")
 flags.DEFINE_list(
     "configs",
     ["omniglot_5way_1shot", "omniglot_20way_1shot:maml"],
@@ -82,31 +78,23 @@ def _train_command(config, seed, workdir):
 def _seeds_report():
     out = pathlib.Path(FLAGS.out or tempfile.mkdtemp(prefix="omniglot_"))
     runs = [(c, int(s)) for c in FLAGS.configs for s in FLAGS.seeds]
-    waiting, running, done = list(runs), {}, {}
-    while waiting or running:
-        while waiting and len(running) < FLAGS.parallel:
-            config, seed = waiting.pop(0)
-            workdir = out / f"{config.replace(':', '_')}_seed{seed}"
-            command = _train_command(config, seed, workdir)
-            print("$", " ".join(command), flush=True)
-            running[(config, seed)] = (
-                subprocess.Popen(command, stdout=subprocess.DEVNULL),
-                workdir,
-            )
-        time.sleep(5)
-        for key, (process, workdir) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[key]
-            if process.returncode:
-                raise RuntimeError(
-                    f"{key} failed; its log: {workdir / 'log.txt'}"
-                )
-            done[key] = (
-                json.loads((workdir / "training.json").read_text()),
-                json.loads((workdir / "evaluation.json").read_text()),
-            )
-            print(key, json.dumps(done[key]), flush=True)
+    workdirs = [out / f"{c.replace(':', '_')}_seed{s}" for c, s in runs]
+    commands = [
+        _train_command(*run, w) for run, w in zip(runs, workdirs, strict=True)
+    ]
+    for command in commands:
+        print("$", " ".join(command), flush=True)
+    done = {}
+    for index, _ in common.run_at_a_time(
+        commands,
+        FLAGS.parallel,
+        lambda i: f"{runs[i]} failed; its log: {workdirs[i] / 'log.txt'}",
+    ):
+        done[runs[index]] = (
+            json.loads((workdirs[index] / "training.json").read_text()),
+            json.loads((workdirs[index] / "evaluation.json").read_text()),
+        )
+        print(runs[index], json.dumps(done[runs[index]]), flush=True)
     kinds = sorted({k for _, figures in done.values() for k in figures})
     rows, by_config = [], {}
     for config, seed in runs:
@@ -133,13 +121,7 @@ def _seeds_report():
         for kind in kinds:
             values = by_config[(config, kind)]
             mean = statistics.fmean(values)
-            half = (
-                common.T95[len(values) - 1]
-                * statistics.stdev(values)
-                / len(values) ** 0.5
-                if len(values) > 1
-                else float("nan")
-            )
+            half = common.t_interval(values)
             cells.append(f"{100 * mean:.1f}% +- {100 * half:.1f}%")
         rows.append((config, "mean over seeds (95% CI)", "", *cells))
     print()

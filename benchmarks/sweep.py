@@ -17,7 +17,6 @@ Usage:
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -27,9 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import common  # noqa: E402
 from absl import flags  # noqa: E402
 
-DEFAULT_DATA = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-)
 flags.DEFINE_string(
     "config", "omniglot_20way_1shot", "A tfmaml.configs module[:variant]."
 )
@@ -38,7 +34,7 @@ flags.DEFINE_list("values", ["0.05", "0.1", "0.3", "1.0"], "Its values.")
 flags.DEFINE_list("set", [], "Fixed overrides, 'field=value'.")
 flags.DEFINE_float("minutes", 5.0, "Meta-training wall time per value.")
 flags.DEFINE_integer("tasks", 600, "Validation tasks per evaluation.")
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Data directory.")
+flags.DEFINE_string("data_dir", str(common.OMNIGLOT_DATA), "Data directory.")
 flags.DEFINE_string("one", "", "Internal: run one value.")
 FLAGS = flags.FLAGS
 

@@ -27,7 +27,6 @@ Usage:
 
 import json
 import os
-import pathlib
 import statistics
 import subprocess
 import sys
@@ -39,9 +38,6 @@ import common  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-DEFAULT_DATA = (
-    pathlib.Path(__file__).resolve().parents[2] / "shared/data/omniglot"
-)
 # Per knob: TensorFlow's default, then tfmaml's, as the environment of the
 # process (variables read at import, see tfmaml.runtime).
 KNOBS = {
@@ -73,7 +69,7 @@ flags.DEFINE_list("isa", ["native"], "Of " + str(list(common.ISA_LIMITS)))
 flags.DEFINE_integer("rounds", 2, "Alternating rounds per config.")
 flags.DEFINE_integer("steps", 10, "Timed meta-steps per process.")
 flags.DEFINE_integer("warmup", 3, "Untimed meta-steps first.")
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA), "Omniglot archives.")
+flags.DEFINE_string("data_dir", str(common.OMNIGLOT_DATA), "Omniglot archives.")
 flags.DEFINE_string("child", "", "Internal: time one config.")
 FLAGS = flags.FLAGS
 
