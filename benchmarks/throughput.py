@@ -104,6 +104,12 @@ VARIANTS = {
     "map, oneDNN off": dict(
         task_loop="map", environment={"TF_ENABLE_ONEDNN_OPTS": "0"}
     ),
+    # Before tfmaml held biases that batch norm cancels constant
+    # (tfmaml.cancelled_biases): Conv4's four convolution biases are
+    # differentiated, as the PyTorch loop does.
+    "map, cancelled biases differentiated": dict(
+        task_loop="map", environment={"TFMAML_CANCELLED_BIASES": "0"}
+    ),
     # Before tfmaml summed bias gradients (tfmaml.bias_gradients): oneDNN
     # merges TensorFlow's BiasAddGrad into the filter gradient.
     "map, TensorFlow's bias gradient": dict(

@@ -26,6 +26,7 @@ ORDER = [
     "tfmaml.divergence",
     "tfmaml.adapted_variables",
     "tfmaml.batch_norm",
+    "tfmaml.cancelled_biases",
     "tfmaml.networks",
     "tfmaml.tasks",
     "tfmaml.task_metrics",

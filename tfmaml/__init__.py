@@ -15,6 +15,7 @@ runtime.request_onednn()
 runtime.set_default_threads()
 runtime.warn_if_onednn_off()
 
+from tfmaml import cancelled_biases
 from tfmaml import data
 from tfmaml import inner_loop
 from tfmaml import networks
@@ -48,6 +49,7 @@ __all__ = [
     "Episode",
     "LabelKind",
     "TaskResults",
+    "cancelled_biases",
     "data",
     "inner_loop",
     "networks",

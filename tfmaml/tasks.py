@@ -33,6 +33,7 @@ from tfmaml.batches import SUPPORT_Y
 from tfmaml.batches import Episode
 from tfmaml.batches import example_spec
 from tfmaml.bias_gradients import summed_bias_gradients
+from tfmaml.cancelled_biases import as_constants
 
 TASK_LOOPS = ("map", "vectorized", "unrolled")
 
@@ -460,6 +461,9 @@ def run_network(
         non-trainable state, and the sum of the network's regularisation
         losses on those weights (0 without any).
     """
+    # Biases that batch norm cancels enter as constants: same values, no
+    # gradient work (`tfmaml.cancelled_biases`).
+    weights = as_constants(network, weights, training, part=call)
     mapping = [
         *zip(network.trainable_variables, weights, strict=True),
         *zip(network.non_trainable_variables, state, strict=True),

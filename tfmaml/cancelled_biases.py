@@ -1,0 +1,205 @@
+"""Biases that batch norm cancels: constants to tfmaml's gradients.
+
+Why. Keras' `Conv2D` and `Dense` add a bias by default, and a network
+often feeds such a layer straight into batch norm (Conv4 does, four
+times). `tfmaml.BatchNormalization` normalises with the statistics of the
+batch at hand, so it subtracts each channel's mean, bias included: the
+network's outputs do not depend on that bias at all, and its gradient is
+zero. Differentiated anyway, it costs a per-channel sum over the
+activations in every backward pass, and more terms in second-order MAML's
+backward pass through the inner steps, only to return rounding noise
+(about 5% of W3's op time: `benchmarks/RESULTS.md`).
+
+How. `cancelled_indices` reads the network's Keras graph: a bias of a
+`Dense` or convolution layer of Keras' own (no activation, no bias or
+activity regulariser, called once) whose output goes only to a
+`tfmaml.BatchNormalization` that normalises it over the bias's channel
+axis with batch statistics. `tasks.run_network` passes those weights
+through an identity whose gradient is zeros: every value is unchanged
+(predictions, adaptation, `.keras`, export), the inner steps leave the bias
+where it is (its gradient is exactly zero instead of rounding noise), and
+its meta-gradient is zero. Anything the graph does not show for certain (a
+subclassed model's `call`, a subclass of a Keras layer, a tensor used
+twice or returned, batch norm on moving statistics at inference) is left
+differentiated. `TFMAML_CANCELLED_BIASES=0` in the environment
+differentiates every bias (read at each trace).
+"""
+
+import os
+from collections.abc import Iterator
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from tfmaml.batch_norm import BatchNormalization
+
+ENVIRONMENT_VARIABLE = "TFMAML_CANCELLED_BIASES"
+
+# Keras' layers that add one bias per output channel after a linear map.
+_CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+_BIASED_LAYERS = (keras.layers.Dense, *_CONVOLUTIONS)
+
+
+def enabled() -> bool:
+    """Whether cancelled biases are constants (see the module docstring).
+
+    Raises:
+        ValueError: If the environment variable is set to anything but
+            `0` or `1`.
+    """
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "1")
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE} must be 0 (differentiate every bias) "
+            f"or 1 (biases batch norm cancels are constants). Received: "
+            f"{value!r}"
+        )
+    return value == "1"
+
+
+def cancelled_biases(
+    network: keras.layers.Layer, training: bool
+) -> list[keras.Variable]:
+    """The bias variables in `network` that batch norm cancels when it runs
+    with `training` (see the module docstring).
+
+    Args:
+        network: A built Keras network (or a part of one sharing its
+            layers).
+        training: The `training` flag it runs with: batch norm layers with
+            `use_moving_statistics` use batch statistics only in training.
+    """
+    found = []
+    for graph in _graphs(network):
+        nodes = [n for level in graph._nodes_by_depth.values() for n in level]
+        returned = {id(t) for t in graph.outputs}
+        for node in nodes:
+            bias = _cancelled_by(node, nodes, returned, training)
+            if bias is not None and all(bias is not b for b in found):
+                found.append(bias)
+    return found
+
+
+def cancelled_indices(
+    network: keras.layers.Layer,
+    training: bool,
+    part: keras.layers.Layer | None = None,
+) -> list[int]:
+    """Indices into `network.trainable_variables` of the biases batch norm
+    cancels when `part` (a part of `network` sharing its layers; `network`
+    itself by default) runs; none if `TFMAML_CANCELLED_BIASES=0`."""
+    if not enabled():
+        return []
+    biases = cancelled_biases(network if part is None else part, training)
+    return [
+        index
+        for index, variable in enumerate(network.trainable_variables)
+        if any(variable is bias for bias in biases)
+    ]
+
+
+def as_constants(
+    network: keras.layers.Layer,
+    weights: Sequence[tf.Tensor],
+    training: bool,
+    part: keras.layers.Layer | None = None,
+) -> list[tf.Tensor]:
+    """`weights` (one per trainable variable of `network`) with the biases
+    batch norm cancels given a zero gradient (`_zero_gradient`)."""
+    weights = list(weights)
+    for index in cancelled_indices(network, training, part):
+        weights[index] = _zero_gradient(weights[index])
+    return weights
+
+
+@tf.custom_gradient
+def _zero_gradient(weight: tf.Tensor):
+    """`weight`, whose gradient is zeros whatever flows back. Zeros rather
+    than `tf.stop_gradient`'s `None`: a tape around tfmaml's passes gets a
+    tensor for every variable, as before. In a `tf.function` nothing reads
+    the upstream gradient, so TensorFlow prunes the ops that computed it."""
+    return tf.identity(weight), lambda upstream: tf.zeros_like(weight)
+
+
+def _graphs(layer: keras.layers.Layer) -> Iterator[keras.Model]:
+    """The functional graphs `layer` runs when called: its own, and those
+    of functional models it calls as nodes. A model whose `call` is not
+    Keras' functional one yields nothing: its graph may not be what runs."""
+    graph = _functional_graph(layer)
+    if graph is None:
+        return
+    yield graph
+    for operation in graph.operations:
+        if operation is not layer and operation is not graph:
+            yield from _graphs(operation)
+
+
+def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # Keras moved it: no graph is read.
+        return None
+    call = getattr(type(layer), "call", None)
+    if call is keras.Sequential.call:
+        graph = getattr(layer, "_functional", None)
+        return graph if type(graph) is Functional else None
+    if call is Functional.call and hasattr(layer, "_nodes_by_depth"):
+        return layer
+    return None
+
+
+def _cancelled_by(node, nodes, returned, training) -> keras.Variable | None:
+    """The bias that the batch norm called at `node` cancels, if any."""
+    norm = node.operation
+    if type(norm) is not BatchNormalization:
+        return None
+    if norm.use_moving_statistics and training is not True:
+        return None
+    tensors = node.arguments.keras_tensors
+    if len(tensors) != 1:
+        return None
+    tensor = tensors[0]
+    history = getattr(tensor, "_keras_history", None)
+    layer = history.operation if history is not None else None
+    if type(layer) not in _BIASED_LAYERS or len(layer._inbound_nodes) != 1:
+        return None
+    bias = getattr(layer, "bias", None)
+    if (
+        not getattr(layer, "use_bias", False)
+        or bias is None
+        or not bias.trainable
+        or len(bias.shape) != 1
+        or layer.activation is not keras.activations.linear
+        or layer.bias_regularizer is not None
+        or layer.activity_regularizer is not None
+    ):
+        return None
+    rank = len(tensor.shape)
+    channels = (
+        1
+        if getattr(layer, "data_format", None) == "channels_first"
+        else rank - 1
+    )
+    if norm.axis % rank != channels or tensor.shape[channels] != bias.shape[0]:
+        return None
+    uses = sum(
+        1
+        for other in nodes
+        for argument in other.arguments.keras_tensors
+        if argument is tensor
+    )
+    if uses != 1 or id(tensor) in returned:
+        return None
+    return bias
