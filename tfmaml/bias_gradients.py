@@ -27,11 +27,12 @@ the environment keeps TensorFlow's gradient (read at each block).
 """
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
 import tensorflow as tf
+
+from tfmaml.checks import environment_switch
 
 ENVIRONMENT_VARIABLE = "TFMAML_SUMMED_BIAS_GRADIENTS"
 _lock = threading.Lock()
@@ -60,13 +61,11 @@ def enabled() -> bool:
         ValueError: If the environment variable is set to anything but
             `0` or `1`.
     """
-    value = os.environ.get(ENVIRONMENT_VARIABLE, "1")
-    if value not in ("0", "1"):
-        raise ValueError(
-            f"{ENVIRONMENT_VARIABLE} must be 0 (TensorFlow's BiasAddGrad) "
-            f"or 1 (a summed bias gradient). Received: {value!r}"
-        )
-    return value == "1"
+    return environment_switch(
+        ENVIRONMENT_VARIABLE,
+        off="TensorFlow's BiasAddGrad",
+        on="a summed bias gradient",
+    )
 
 
 def _summed(original):

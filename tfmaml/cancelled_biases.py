@@ -25,7 +25,6 @@ differentiated. `TFMAML_CANCELLED_BIASES=0` in the environment
 differentiates every bias (read at each trace).
 """
 
-import os
 from collections.abc import Iterator
 from collections.abc import Sequence
 
@@ -33,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from tfmaml.batch_norm import BatchNormalization
+from tfmaml.checks import environment_switch
 
 ENVIRONMENT_VARIABLE = "TFMAML_CANCELLED_BIASES"
 
@@ -59,14 +59,11 @@ def enabled() -> bool:
         ValueError: If the environment variable is set to anything but
             `0` or `1`.
     """
-    value = os.environ.get(ENVIRONMENT_VARIABLE, "1")
-    if value not in ("0", "1"):
-        raise ValueError(
-            f"{ENVIRONMENT_VARIABLE} must be 0 (differentiate every bias) "
-            f"or 1 (biases batch norm cancels are constants). Received: "
-            f"{value!r}"
-        )
-    return value == "1"
+    return environment_switch(
+        ENVIRONMENT_VARIABLE,
+        off="differentiate every bias",
+        on="biases batch norm cancels are constants",
+    )
 
 
 def cancelled_biases(

@@ -1,6 +1,8 @@
 """Argument checks shared across the package, with errors that name the
 argument and the value received."""
 
+import os
+
 
 def check_int(name: str, value, *, minimum: int) -> int:
     """Returns `value` if it is an int (not a bool) >= `minimum`.
@@ -89,3 +91,23 @@ def check_momentum(value) -> float:
             f"inner_momentum={value!r}"
         )
     return float(value)
+
+
+def environment_switch(name: str, *, off: str, on: str) -> bool:
+    """Whether the environment variable `name` is `1` (the default when
+    unset) rather than `0`.
+
+    Args:
+        name: The variable.
+        off: What `0` does, for the error.
+        on: What `1` does, for the error.
+
+    Raises:
+        ValueError: If it is set to anything but `0` or `1`.
+    """
+    value = os.environ.get(name, "1")
+    if value not in ("0", "1"):
+        raise ValueError(
+            f"{name} must be 0 ({off}) or 1 ({on}). Received: {value!r}"
+        )
+    return value == "1"
