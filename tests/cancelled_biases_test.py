@@ -51,6 +51,20 @@ def test_dense_then_batch_norm_and_a_nested_model_are_read():
     assert _paths(net) == ["inner/inner_dense/bias"]
 
 
+def test_a_converted_keras_network_has_its_biases_found():
+    # A `keras.applications`-style block: Keras' batch norm, converted.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv_a")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_a")(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.Conv2D(4, 1, name="conv_b")(x)
+    x = keras.layers.BatchNormalization(name="bn_b")(x)
+    net = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    assert _paths(net) == []  # Keras' layer: not tfmaml's.
+    converted = tfmaml.networks.exact_batch_norm(net)
+    assert sorted(_paths(converted)) == ["conv_a/bias", "conv_b/bias"]
+
+
 class _OwnConv(keras.layers.Conv2D):
     """A subclass may add its bias anywhere: not trusted."""
 
