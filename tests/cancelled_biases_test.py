@@ -97,6 +97,7 @@ def _conv(**kwargs):
 
 
 LEFT_DIFFERENTIATED = {
+    "no bias": lambda: _conv_bn(conv=_conv(use_bias=False)),
     "activation between": lambda: _conv_bn(
         between=[keras.layers.Activation("relu")]
     ),

@@ -25,6 +25,7 @@ differentiated. `TFMAML_CANCELLED_BIASES=0` in the environment
 differentiates every bias (read at each trace).
 """
 
+import collections
 from collections.abc import Iterator
 from collections.abc import Sequence
 
@@ -81,9 +82,11 @@ def cancelled_biases(
     found = []
     for graph in _graphs(network):
         nodes = [n for level in graph._nodes_by_depth.values() for n in level]
-        returned = {id(t) for t in graph.outputs}
+        # How often each tensor is read in the graph; returning it counts.
+        uses = collections.Counter(id(t) for t in graph.outputs)
+        uses.update(id(t) for n in nodes for t in n.arguments.keras_tensors)
         for node in nodes:
-            bias = _cancelled_by(node, nodes, returned, training)
+            bias = _cancelled_by(node, uses, training)
             if bias is not None and all(bias is not b for b in found):
                 found.append(bias)
     return found
@@ -139,8 +142,7 @@ def _graphs(layer: keras.layers.Layer) -> Iterator[keras.Model]:
         return
     yield graph
     for operation in graph.operations:
-        if operation is not layer and operation is not graph:
-            yield from _graphs(operation)
+        yield from _graphs(operation)
 
 
 def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
@@ -157,8 +159,9 @@ def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
     return None
 
 
-def _cancelled_by(node, nodes, returned, training) -> keras.Variable | None:
-    """The bias that the batch norm called at `node` cancels, if any."""
+def _cancelled_by(node, uses, training) -> keras.Variable | None:
+    """The bias that the batch norm called at `node` cancels, if any
+    (`uses`: how often each tensor of the graph is read, by `id`)."""
     norm = node.operation
     if type(norm) is not BatchNormalization:
         return None
@@ -172,10 +175,9 @@ def _cancelled_by(node, nodes, returned, training) -> keras.Variable | None:
     layer = history.operation if history is not None else None
     if type(layer) not in _BIASED_LAYERS or len(layer._inbound_nodes) != 1:
         return None
-    bias = getattr(layer, "bias", None)
+    bias = layer.bias  # `None` without one (`use_bias=False`).
     if (
-        not getattr(layer, "use_bias", False)
-        or bias is None
+        bias is None
         or not bias.trainable
         or len(bias.shape) != 1
         or layer.activation is not keras.activations.linear
@@ -191,12 +193,6 @@ def _cancelled_by(node, nodes, returned, training) -> keras.Variable | None:
     )
     if norm.axis % rank != channels or tensor.shape[channels] != bias.shape[0]:
         return None
-    uses = sum(
-        1
-        for other in nodes
-        for argument in other.arguments.keras_tensors
-        if argument is tensor
-    )
-    if uses != 1 or id(tensor) in returned:
+    if uses[id(tensor)] != 1:
         return None
     return bias
