@@ -115,6 +115,12 @@ VARIANTS = {
     "map, TensorFlow's bias gradient": dict(
         task_loop="map", environment={"TFMAML_SUMMED_BIAS_GRADIENTS": "0"}
     ),
+    # Before tfmaml folded batch norm into a convolution with few patch
+    # entries (tfmaml.folded_batch_norm): Conv4's first batch norm runs on
+    # its own, as the PyTorch loop's does.
+    "map, batch norm not folded": dict(
+        task_loop="map", environment={"TFMAML_FOLDED_BATCH_NORM": "0"}
+    ),
 }
 DEFAULT_VARIANTS = (
     "map",

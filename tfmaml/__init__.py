@@ -17,6 +17,7 @@ runtime.warn_if_onednn_off()
 
 from tfmaml import cancelled_biases
 from tfmaml import data
+from tfmaml import folded_batch_norm
 from tfmaml import inner_loop
 from tfmaml import networks
 from tfmaml import prototype_head
@@ -51,6 +52,7 @@ __all__ = [
     "TaskResults",
     "cancelled_biases",
     "data",
+    "folded_batch_norm",
     "inner_loop",
     "networks",
     "prototype_head",

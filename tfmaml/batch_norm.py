@@ -202,13 +202,7 @@ class BatchNormalization(keras.layers.Layer):
         )
         x = ops.cast(inputs, compute_dtype)
         row = self.step_row()
-        scale = offset = None
-        if self.gamma is not None:
-            scale = ops.cast(self.gamma, compute_dtype)
-            scale = scale if row is None else scale[row]
-        if self.beta is not None:
-            offset = ops.cast(self.beta, compute_dtype)
-            offset = offset if row is None else offset[row]
+        scale, offset = self._row_parameters(row, compute_dtype)
         if row is not None and self.use_moving_statistics and not training:
             mean = ops.cast(self.moving_mean[row], compute_dtype)
             variance = ops.cast(self.moving_variance[row], compute_dtype)
@@ -222,6 +216,42 @@ class BatchNormalization(keras.layers.Layer):
         if row is not None and training:
             self._update_moving_row(row, mean, variance)
         return ops.cast(outputs, inputs.dtype)
+
+    def affine_from_statistics(self, mean, variance, training):
+        """The per-channel `(multiplier, offset)` with which this layer
+        maps inputs whose batch statistics are `mean` and `variance`:
+        `outputs = inputs * multiplier + offset`. With `training` and
+        per-step statistics it moves their row as `call` does.
+
+        Why: a caller that knows the statistics without the inputs can fold
+        the normalisation into the linear map that makes them
+        (`tfmaml.folded_batch_norm`), and every parameter row, moving
+        statistic and epsilon stays this layer's.
+        """
+        row = self.step_row()
+        dtype = keras.backend.standardize_dtype(mean.dtype)
+        scale, offset = self._row_parameters(row, dtype)
+        multiplier = ops.rsqrt(variance + self.epsilon)
+        if scale is not None:
+            multiplier = multiplier * scale
+        shift = -mean * multiplier
+        if offset is not None:
+            shift = shift + offset
+        if row is not None and training:
+            self._update_moving_row(row, mean, variance)
+        return multiplier, shift
+
+    def _row_parameters(self, row, dtype):
+        """`(scale, offset)` of parameter row `row` (`None`: the only one)
+        in `dtype`; `None` for a parameter the layer does not learn."""
+        scale = offset = None
+        if self.gamma is not None:
+            scale = ops.cast(self.gamma, dtype)
+            scale = scale if row is None else scale[row]
+        if self.beta is not None:
+            offset = ops.cast(self.beta, dtype)
+            offset = offset if row is None else offset[row]
+        return scale, offset
 
     def _update_moving_row(self, row, mean, variance):
         """Moves row `row` of the moving statistics towards the batch's.

@@ -25,15 +25,13 @@ differentiated. `TFMAML_CANCELLED_BIASES=0` in the environment
 differentiates every bias (read at each trace).
 """
 
-import collections
-from collections.abc import Iterator
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from tfmaml.batch_norm import BatchNormalization
 from tfmaml.checks import environment_switch
+from tfmaml.keras_graph import normalised_outputs
 
 ENVIRONMENT_VARIABLE = "TFMAML_CANCELLED_BIASES"
 
@@ -80,15 +78,10 @@ def cancelled_biases(
             `use_moving_statistics` use batch statistics only in training.
     """
     found = []
-    for graph in _graphs(network):
-        nodes = [n for level in graph._nodes_by_depth.values() for n in level]
-        # How often each tensor is read in the graph; returning it counts.
-        uses = collections.Counter(id(t) for t in graph.outputs)
-        uses.update(id(t) for n in nodes for t in n.arguments.keras_tensors)
-        for node in nodes:
-            bias = _cancelled_by(node, uses, training)
-            if bias is not None and all(bias is not b for b in found):
-                found.append(bias)
+    for layer, _, tensor in normalised_outputs(network, training):
+        bias = _cancelled_bias(layer, tensor)
+        if bias is not None and all(bias is not b for b in found):
+            found.append(bias)
     return found
 
 
@@ -133,47 +126,10 @@ def _zero_gradient(weight: tf.Tensor):
     return tf.identity(weight), lambda upstream: tf.zeros_like(weight)
 
 
-def _graphs(layer: keras.layers.Layer) -> Iterator[keras.Model]:
-    """The functional graphs `layer` runs when called: its own, and those
-    of functional models it calls as nodes. A model whose `call` is not
-    Keras' functional one yields nothing: its graph may not be what runs."""
-    graph = _functional_graph(layer)
-    if graph is None:
-        return
-    yield graph
-    for operation in graph.operations:
-        yield from _graphs(operation)
-
-
-def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
-    try:
-        from keras.src.models.functional import Functional
-    except ImportError:  # Keras moved it: no graph is read.
-        return None
-    call = getattr(type(layer), "call", None)
-    if call is keras.Sequential.call:
-        graph = getattr(layer, "_functional", None)
-        return graph if type(graph) is Functional else None
-    if call is Functional.call and hasattr(layer, "_nodes_by_depth"):
-        return layer
-    return None
-
-
-def _cancelled_by(node, uses, training) -> keras.Variable | None:
-    """The bias that the batch norm called at `node` cancels, if any
-    (`uses`: how often each tensor of the graph is read, by `id`)."""
-    norm = node.operation
-    if type(norm) is not BatchNormalization:
-        return None
-    if norm.use_moving_statistics and training is not True:
-        return None
-    tensors = node.arguments.keras_tensors
-    if len(tensors) != 1:
-        return None
-    tensor = tensors[0]
-    history = getattr(tensor, "_keras_history", None)
-    layer = history.operation if history is not None else None
-    if type(layer) not in _BIASED_LAYERS or len(layer._inbound_nodes) != 1:
+def _cancelled_bias(layer, tensor) -> keras.Variable | None:
+    """The bias of `layer` that batch norm cancels (`tensor`: its output,
+    read only by that batch norm), if it is one this module handles."""
+    if type(layer) not in _BIASED_LAYERS:
         return None
     bias = layer.bias  # `None` without one (`use_bias=False`).
     if (
@@ -185,14 +141,11 @@ def _cancelled_by(node, uses, training) -> keras.Variable | None:
         or layer.activity_regularizer is not None
     ):
         return None
-    rank = len(tensor.shape)
     channels = (
         1
         if getattr(layer, "data_format", None) == "channels_first"
-        else rank - 1
+        else len(tensor.shape) - 1
     )
-    if norm.axis % rank != channels or tensor.shape[channels] != bias.shape[0]:
-        return None
-    if uses[id(tensor)] != 1:
+    if tensor.shape[channels] != bias.shape[0]:
         return None
     return bias

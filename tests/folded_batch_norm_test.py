@@ -1,0 +1,311 @@
+"""`tfmaml.folded_batch_norm`: which convolutions get their batch norm
+folded in, read from the Keras graph; the folded pass computes the same
+outputs and moving statistics as the layers do, the same second-order
+meta-loss and meta-gradients (checked against finite differences too), and
+nothing changes outside the block or in another thread."""
+
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfmaml
+from tfmaml import folded_batch_norm
+from tfmaml.model import Episode
+
+TASKS, SHOTS, QUERIES, WAYS = 2, 6, 5, 3
+
+
+def _names(network, training=True):
+    pairs = folded_batch_norm.folded_convolutions(network, training)
+    return [(conv.name, norm.name) for conv, norm in pairs]
+
+
+def _conv_bn(conv=None, norm=None, shape=(7, 7, 1), between=()):
+    inputs = keras.Input(shape)
+    x = (conv or keras.layers.Conv2D(9, 3, padding="same", name="conv"))(inputs)
+    for layer in between:
+        x = layer(x)
+    x = (norm or tfmaml.BatchNormalization(name="norm"))(x)
+    x = keras.layers.Activation("tanh")(x)
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D(2)(x))
+    return keras.Model(inputs, keras.layers.Dense(WAYS, name="head")(x))
+
+
+def _randomise(network, seed=0):
+    """Moves every weight off its initial value (biases, gammas and betas
+    start at 0 or 1, where mistakes hide)."""
+    rng = np.random.default_rng(seed)
+    for variable in network.weights:
+        if "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape))
+        else:
+            variable.assign(
+                np.asarray(variable) + rng.normal(size=variable.shape) * 0.5
+            )
+
+
+def test_conv4_folds_its_first_layer_only():
+    # 3 x 3 x 1 = 9 patch entries against 64 filters; the other layers
+    # have 3 x 3 x 64 = 576.
+    net = tfmaml.networks.conv4((28, 28, 1), 5)
+    assert _names(net) == [("conv_0", "norm_0")]
+    rgb = tfmaml.networks.conv4((84, 84, 3), 5, filters=32)
+    assert _names(rgb) == [("conv_0", "norm_0")]  # 27 entries, 32 filters
+
+
+CONVOLUTIONS = {
+    "same": (lambda: keras.layers.Conv2D(9, 3, padding="same"), (7, 7, 1)),
+    "strided": (lambda: keras.layers.Conv2D(6, (3, 2), strides=2), (7, 7, 1)),
+    "dilated": (
+        lambda: keras.layers.Conv2D(8, 2, dilation_rate=2, padding="same"),
+        (7, 7, 2),
+    ),
+    "no_bias": (lambda: keras.layers.Conv2D(9, 3, use_bias=False), (7, 7, 1)),
+    "same_1d": (lambda: keras.layers.Conv1D(5, 3, padding="same"), (9, 1)),
+    "strided_1d": (lambda: keras.layers.Conv1D(4, 2, strides=2), (9, 2)),
+    "3d": (lambda: keras.layers.Conv3D(8, 2, padding="same"), (4, 4, 4, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONVOLUTIONS))
+@pytest.mark.parametrize("training", [True, False])
+def test_folded_outputs_and_moving_statistics_are_the_layers(
+    float64, case, training
+):
+    make, shape = CONVOLUTIONS[case]
+    conv = make()
+    norm = tfmaml.BatchNormalization(num_steps=1, name="norm")
+    inputs = keras.Input(shape)
+    net = keras.Model(inputs, norm(conv(inputs)))
+    _randomise(net)
+    assert _names(net, training) == [(conv.name, "norm")]
+    x = tf.constant(np.random.default_rng(1).normal(size=(3, *shape)) + 0.7)
+    state = [tf.convert_to_tensor(v) for v in net.non_trainable_variables]
+    mapping = list(zip(net.non_trainable_variables, state, strict=True))
+
+    def run(fold):
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            if fold:
+                with folded_batch_norm.folding(net, training):
+                    outputs = net(x, training=training)
+            else:
+                outputs = net(x, training=training)
+            moved = [
+                scope.get_current_value(v) for v in net.non_trainable_variables
+            ]
+        return outputs.numpy(), [np.asarray(m) for m in moved]
+
+    calls = []
+    original = folded_batch_norm.folded_call
+
+    def counted(*args):
+        calls.append(args)
+        return original(*args)
+
+    folded_batch_norm.folded_call = counted
+    try:
+        outputs, moved = run(fold=True)
+    finally:
+        folded_batch_norm.folded_call = original
+    assert len(calls) == 1  # Folded, not run as the layers.
+    reference, reference_moved = run(fold=False)
+    np.testing.assert_allclose(outputs, reference, rtol=0, atol=1e-12)
+    for ours, theirs, before in zip(moved, reference_moved, state, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+        # Moved in training only, as the layer's own call moves them.
+        assert np.array_equal(ours, before) != training
+    assert "call" not in vars(conv) and "call" not in vars(norm)
+
+
+def test_float32_outputs_agree_to_rounding():
+    net = _conv_bn()
+    _randomise(net)
+    x = tf.constant(
+        np.random.default_rng(1).normal(size=(8, 7, 7, 1)) + 0.7, "float32"
+    )
+    reference = net(x, training=True).numpy()
+    with folded_batch_norm.folding(net, True):
+        outputs = net(x, training=True).numpy()
+    np.testing.assert_allclose(outputs, reference, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "more_entries_than_filters",
+        "channels_first",
+        "groups",
+        "causal",
+        "activation",
+        "called_twice",
+        "norm_output_read_twice",
+        "moving_statistics_at_inference",
+        "keras_batch_norm",
+        "subclassed_layer",
+        "between",
+        "not_a_first_layer",
+    ],
+)
+def test_what_the_graph_does_not_show_is_not_folded(case):
+    conv = keras.layers.Conv2D(9, 3, padding="same", name="conv")
+    norm = tfmaml.BatchNormalization(name="norm")
+    training = True
+    if case == "more_entries_than_filters":
+        net = _conv_bn(keras.layers.Conv2D(8, 3), shape=(7, 7, 1))
+    elif case == "channels_first":
+        conv = keras.layers.Conv2D(9, 3, data_format="channels_first")
+        net = _conv_bn(conv, tfmaml.BatchNormalization(axis=1), (1, 7, 7))
+    elif case == "groups":
+        net = _conv_bn(keras.layers.Conv2D(18, 3, groups=2), shape=(7, 7, 2))
+    elif case == "causal":  # Keras' call pads before the convolution.
+        inputs = keras.Input((9, 1))
+        conv = keras.layers.Conv1D(5, 3, padding="causal")
+        net = keras.Model(inputs, norm(conv(inputs)))
+    elif case == "activation":
+        net = _conv_bn(keras.layers.Conv2D(9, 3, activation="relu"))
+    elif case == "called_twice":
+        inputs = keras.Input((7, 7, 1))
+        x = keras.layers.Add()([norm(conv(inputs)), conv(inputs)])
+        net = keras.Model(inputs, x)
+    elif case == "norm_output_read_twice":
+        inputs = keras.Input((7, 7, 1))
+        x = conv(inputs)
+        net = keras.Model(inputs, [norm(x), x])
+    elif case == "moving_statistics_at_inference":
+        norm = tfmaml.BatchNormalization(
+            num_steps=1, use_moving_statistics=True
+        )
+        net, training = _conv_bn(norm=norm), False
+    elif case == "keras_batch_norm":
+        net = _conv_bn(norm=keras.layers.BatchNormalization())
+    elif case == "subclassed_layer":
+
+        class MyConv(keras.layers.Conv2D):
+            pass
+
+        net = _conv_bn(MyConv(9, 3))
+    elif case == "between":
+        net = _conv_bn(between=[keras.layers.Activation("linear")])
+    else:  # Its patches would need a gradient: not the case measured.
+        inputs = keras.Input((7, 7, 1))
+        x = keras.layers.Activation("tanh")(inputs)
+        net = keras.Model(inputs, norm(conv(x)))
+    assert _names(net, training) == []
+
+
+def test_the_environment_variable_turns_it_off(monkeypatch):
+    net = _conv_bn()
+    monkeypatch.setenv(folded_batch_norm.ENVIRONMENT_VARIABLE, "0")
+    with folded_batch_norm.folding(net, True):
+        assert "call" not in vars(net.get_layer("conv"))
+    monkeypatch.setenv(folded_batch_norm.ENVIRONMENT_VARIABLE, "yes")
+    with pytest.raises(ValueError, match="TFMAML_FOLDED_BATCH_NORM.*'yes'"):
+        with folded_batch_norm.folding(net, True):
+            pass
+
+
+def test_another_thread_runs_the_layers_as_they_are():
+    net = _conv_bn()
+    conv = net.get_layer("conv")
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 7, 7, 1)))
+    x = tf.cast(x, "float32")
+    plain = conv(x).numpy()
+    seen = {}
+    with folded_batch_norm.folding(net, True):
+        assert "call" in vars(conv)
+        worker = threading.Thread(target=lambda: seen.update(y=conv(x)))
+        worker.start()
+        worker.join()
+    np.testing.assert_array_equal(seen["y"].numpy(), plain)
+    assert "call" not in vars(conv)
+
+
+# The maths: float64 second-order meta-gradients.
+
+
+def _episode(seed=0):
+    rng = np.random.default_rng(seed)
+    return Episode(
+        support_x=tf.constant(rng.normal(size=(TASKS, SHOTS, 7, 7, 1)) + 0.5),
+        support_y=tf.constant(rng.integers(0, WAYS, (TASKS, SHOTS))),
+        query_x=tf.constant(rng.normal(size=(TASKS, QUERIES, 7, 7, 1)) + 0.5),
+        query_y=tf.constant(rng.integers(0, WAYS, (TASKS, QUERIES))),
+        sample_weight=None,
+    )
+
+
+def _model(net):
+    model = tfmaml.MAML(net, inner_lr=0.3, inner_steps=2)
+    model.compile(
+        keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _loss_and_gradients(model, episode):
+    results = model.solve_tasks(
+        episode,
+        steps=2,
+        first_order=False,
+        training=True,
+        gradients_of=model.trainable_variables,
+    )
+    gradients = model.mean_over_tasks(results.gradients, TASKS)
+    return float(tf.reduce_mean(results.loss)), [g.numpy() for g in gradients]
+
+
+def _per_step_net():
+    # MAML++'s per-step batch norm: a parameter row per inner step.
+    return _conv_bn(norm=tfmaml.BatchNormalization(num_steps=2, name="norm"))
+
+
+def test_meta_gradients_are_the_unfolded_ones(float64, monkeypatch):
+    net = _per_step_net()
+    _randomise(net)
+    model, episode = _model(net), _episode()
+    assert _names(net) == [("conv", "norm")]
+    loss, gradients = _loss_and_gradients(model, episode)
+    monkeypatch.setenv(folded_batch_norm.ENVIRONMENT_VARIABLE, "0")
+    reference_loss, reference = _loss_and_gradients(model, episode)
+    assert loss == pytest.approx(reference_loss, rel=1e-12)
+    scale = max(np.abs(g).max() for g in reference)
+    for variable, ours, theirs in zip(
+        net.trainable_variables, gradients, reference, strict=True
+    ):
+        if variable.path == "conv/bias":  # Cancelled: exactly zero.
+            assert not ours.any()
+        else:
+            assert np.abs(theirs).max() > 1e-6 * scale
+            np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=0)
+
+
+def test_meta_gradient_matches_finite_differences(float64):
+    net = _per_step_net()
+    _randomise(net)
+    model, episode = _model(net), _episode()
+    _, gradients = _loss_and_gradients(model, episode)
+    rng = np.random.default_rng(2)
+    for path in ("conv/kernel", "norm/gamma", "norm/beta"):
+        index, variable = next(
+            (i, v)
+            for i, v in enumerate(net.trainable_variables)
+            if v.path == path
+        )
+        start = variable.numpy()
+        for _ in range(2):
+            entry = tuple(rng.integers(0, n) for n in start.shape)
+            losses = []
+            for step in (1e-5, -1e-5):
+                moved = start.copy()
+                moved[entry] += step
+                variable.assign(moved)
+                losses.append(_loss_and_gradients(model, episode)[0])
+            variable.assign(start)
+            numeric = (losses[0] - losses[1]) / 2e-5
+            assert gradients[index][entry] == pytest.approx(
+                numeric, rel=1e-5, abs=1e-9
+            )
