@@ -19,8 +19,8 @@ TASKS, SHOTS, QUERIES, WAYS = 2, 6, 5, 3
 
 
 def _names(network, training=True):
-    pairs = folded_batch_norm.folded_convolutions(network, training)
-    return [(conv.name, norm.name) for conv, norm in pairs]
+    folds = folded_batch_norm.folded_convolutions(network, training)
+    return [(f.convolution.name, f.norm.name) for f in folds]
 
 
 def _conv_bn(conv=None, norm=None, shape=(7, 7, 1), between=()):
@@ -52,12 +52,33 @@ def test_conv4_folds_its_first_layer_only():
     # have 3 x 3 x 64 = 576.
     net = tfmaml.networks.conv4((28, 28, 1), 5)
     assert _names(net) == [("conv_0", "norm_0")]
+    # Its batch norm feeds max-pooling only: the offset goes after it.
+    (fold,) = folded_batch_norm.folded_convolutions(net, True)
+    assert fold.pool is net.get_layer("pool_0")
     rgb = tfmaml.networks.conv4((84, 84, 3), 5, filters=32)
     assert _names(rgb) == [("conv_0", "norm_0")]  # 27 entries, 32 filters
 
 
 CONVOLUTIONS = {
     "same": (lambda: keras.layers.Conv2D(9, 3, padding="same"), (7, 7, 1)),
+    "pooled": (
+        lambda: keras.Sequential(
+            [
+                keras.layers.Conv2D(9, 3, padding="same"),
+                keras.layers.MaxPooling2D(2),
+            ]
+        ),
+        (7, 7, 1),
+    ),
+    "pooled_same_1d": (
+        lambda: keras.Sequential(
+            [
+                keras.layers.Conv1D(5, 3),
+                keras.layers.MaxPooling1D(3, strides=2, padding="same"),
+            ]
+        ),
+        (9, 1),
+    ),
     "strided": (lambda: keras.layers.Conv2D(6, (3, 2), strides=2), (7, 7, 1)),
     "dilated": (
         lambda: keras.layers.Conv2D(8, 2, dilation_rate=2, padding="same"),
@@ -76,12 +97,16 @@ def test_folded_outputs_and_moving_statistics_are_the_layers(
     float64, case, training
 ):
     make, shape = CONVOLUTIONS[case]
-    conv = make()
+    conv, pool = make(), None
+    if isinstance(conv, keras.Sequential):  # A convolution and its pool.
+        conv, pool = conv.layers
     norm = tfmaml.BatchNormalization(num_steps=1, name="norm")
     inputs = keras.Input(shape)
-    net = keras.Model(inputs, norm(conv(inputs)))
+    outputs = norm(conv(inputs))
+    net = keras.Model(inputs, outputs if pool is None else pool(outputs))
     _randomise(net)
-    assert _names(net, training) == [(conv.name, "norm")]
+    (fold,) = folded_batch_norm.folded_convolutions(net, training)
+    assert (fold.convolution, fold.norm, fold.pool) == (conv, norm, pool)
     x = tf.constant(np.random.default_rng(1).normal(size=(3, *shape)) + 0.7)
     state = [tf.convert_to_tensor(v) for v in net.non_trainable_variables]
     mapping = list(zip(net.non_trainable_variables, state, strict=True))
@@ -99,17 +124,17 @@ def test_folded_outputs_and_moving_statistics_are_the_layers(
         return outputs.numpy(), [np.asarray(m) for m in moved]
 
     calls = []
-    original = folded_batch_norm.folded_call
+    original = folded_batch_norm.folded_parts
 
     def counted(*args):
         calls.append(args)
         return original(*args)
 
-    folded_batch_norm.folded_call = counted
+    folded_batch_norm.folded_parts = counted
     try:
         outputs, moved = run(fold=True)
     finally:
-        folded_batch_norm.folded_call = original
+        folded_batch_norm.folded_parts = original
     assert len(calls) == 1  # Folded, not run as the layers.
     reference, reference_moved = run(fold=False)
     np.testing.assert_allclose(outputs, reference, rtol=0, atol=1e-12)
@@ -117,7 +142,8 @@ def test_folded_outputs_and_moving_statistics_are_the_layers(
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
         # Moved in training only, as the layer's own call moves them.
         assert np.array_equal(ours, before) != training
-    assert "call" not in vars(conv) and "call" not in vars(norm)
+    layers = [conv, norm] if pool is None else [conv, norm, pool]
+    assert not any("call" in vars(layer) for layer in layers)
 
 
 def test_float32_outputs_agree_to_rounding():
@@ -258,16 +284,27 @@ def _loss_and_gradients(model, episode):
     return float(tf.reduce_mean(results.loss)), [g.numpy() for g in gradients]
 
 
-def _per_step_net():
+def _per_step_net(pooled=False):
     # MAML++'s per-step batch norm: a parameter row per inner step.
-    return _conv_bn(norm=tfmaml.BatchNormalization(num_steps=2, name="norm"))
+    norm = tfmaml.BatchNormalization(num_steps=2, name="norm")
+    if not pooled:
+        return _conv_bn(norm=norm)
+    # As Conv4 does: batch norm, then max-pooling (the offset moves past
+    # it), then the activation.
+    inputs = keras.Input((7, 7, 1))
+    x = norm(keras.layers.Conv2D(9, 3, padding="same", name="conv")(inputs))
+    x = keras.layers.Activation("tanh")(keras.layers.MaxPooling2D(2)(x))
+    x = keras.layers.Dense(WAYS, name="head")(keras.layers.Flatten()(x))
+    return keras.Model(inputs, x)
 
 
-def test_meta_gradients_are_the_unfolded_ones(float64, monkeypatch):
-    net = _per_step_net()
+@pytest.mark.parametrize("pooled", [False, True])
+def test_meta_gradients_are_the_unfolded_ones(float64, monkeypatch, pooled):
+    net = _per_step_net(pooled)
     _randomise(net)
     model, episode = _model(net), _episode()
-    assert _names(net) == [("conv", "norm")]
+    (fold,) = folded_batch_norm.folded_convolutions(net, True)
+    assert (fold.pool is not None) == pooled
     loss, gradients = _loss_and_gradients(model, episode)
     monkeypatch.setenv(folded_batch_norm.ENVIRONMENT_VARIABLE, "0")
     reference_loss, reference = _loss_and_gradients(model, episode)
@@ -283,8 +320,9 @@ def test_meta_gradients_are_the_unfolded_ones(float64, monkeypatch):
             np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=0)
 
 
-def test_meta_gradient_matches_finite_differences(float64):
-    net = _per_step_net()
+@pytest.mark.parametrize("pooled", [False, True])
+def test_meta_gradient_matches_finite_differences(float64, pooled):
+    net = _per_step_net(pooled)
     _randomise(net)
     model, episode = _model(net), _episode()
     _, gradients = _loss_and_gradients(model, episode)

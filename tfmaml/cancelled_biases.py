@@ -78,8 +78,8 @@ def cancelled_biases(
             `use_moving_statistics` use batch statistics only in training.
     """
     found = []
-    for layer, _, tensor in normalised_outputs(network, training):
-        bias = _cancelled_bias(layer, tensor)
+    for normalised in normalised_outputs(network, training):
+        bias = _cancelled_bias(normalised.layer, normalised.tensor)
         if bias is not None and all(bias is not b for b in found):
             found.append(bias)
     return found

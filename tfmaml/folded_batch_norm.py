@@ -28,15 +28,19 @@ such pair computes the folded convolution in the convolution's call and
 passes it through the batch norm's: same function, rounded in another
 order, with gradients of any order by autodiff; the batch norm's parameter
 rows and moving statistics are updated as its own call does
-(`BatchNormalization.affine_from_statistics`). Other threads, and calls
-outside the block, run the layers as they are. `TFMAML_FOLDED_BATCH_NORM=0`
-in the environment runs every batch norm on its own (read at each block).
+(`BatchNormalization.affine_from_statistics`). If a max-pooling layer
+alone reads the batch norm's output, the folded offset is added after it
+(`Fold`): the offset's gradient then sums a quarter of the values.
+Other threads, and calls outside the block, run the layers as they are.
+`TFMAML_FOLDED_BATCH_NORM=0` in the environment runs every batch norm on
+its own (read at each block).
 """
 
 import contextlib
 import math
 import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -47,6 +51,11 @@ from tfmaml.keras_graph import normalised_outputs
 
 ENVIRONMENT_VARIABLE = "TFMAML_FOLDED_BATCH_NORM"
 _CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_MAX_POOLS = (
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+)
 _FLOATS = ("float32", "float64")
 
 _active = threading.local()  # `.plans`: this thread's open blocks.
@@ -68,11 +77,24 @@ def enabled() -> bool:
     )
 
 
+class Fold(NamedTuple):
+    """A convolution whose batch norm `folding` folds into it; with `pool`
+    (the max-pooling layer that alone reads the batch norm's output), the
+    folded offset is added after pooling, on a quarter of the values for
+    2x2 pools: max-pooling commutes with adding a per-channel constant, to
+    the last bit (rounding is monotone), and the offset's gradient then
+    sums the pooled gradient instead of the full-size one."""
+
+    convolution: keras.layers.Layer
+    norm: BatchNormalization
+    pool: keras.layers.Layer | None
+
+
 def folded_convolutions(
     network: keras.layers.Layer, training: bool
-) -> list[tuple[keras.layers.Layer, BatchNormalization]]:
-    """The `(convolution, batch norm)` pairs of `network` that `folding`
-    folds when it runs with `training` (see the module docstring).
+) -> list[Fold]:
+    """The convolutions of `network` whose batch norms `folding` folds
+    into them when it runs with `training` (see the module docstring).
 
     Args:
         network: A built Keras network (or a part of one sharing its
@@ -80,11 +102,15 @@ def folded_convolutions(
         training: The `training` flag it runs with: batch norm layers with
             `use_moving_statistics` use batch statistics only in training.
     """
-    pairs = []
-    for layer, norm, _ in normalised_outputs(network, training):
-        if _foldable(layer, norm) and all(layer is not c for c, _ in pairs):
-            pairs.append((layer, norm))
-    return pairs
+    folds = []
+    for layer, norm, _, reader in normalised_outputs(network, training):
+        if not _foldable(layer, norm):
+            continue
+        if any(layer is fold.convolution for fold in folds):
+            continue
+        pool = reader if _pools_channels_last(reader) else None
+        folds.append(Fold(layer, norm, pool))
+    return folds
 
 
 @contextlib.contextmanager
@@ -103,19 +129,25 @@ def folding(
         training: The `training` flag it is called with in the block.
         part: What is called instead of `network`. Defaults to `network`.
     """
-    pairs = (
+    folds = (
         folded_convolutions(network if part is None else part, training)
         if enabled()
         else []
     )
-    if not pairs:
+    if not folds:
         yield
         return
-    plan = {"training": training, "convolutions": {}, "norms": set()}
-    for convolution, norm in pairs:
-        plan["convolutions"][id(convolution)] = norm
-        plan["norms"].add(id(norm))
-    layers = [layer for pair in pairs for layer in pair]
+    # What this block's layers do, by `id`: each convolution's fold, the
+    # batch norms to pass through, each pool's fold, and the offsets a
+    # convolution leaves for its pool to add.
+    plan = {
+        "training": training,
+        "convolutions": {id(f.convolution): f for f in folds},
+        "norms": {id(f.norm) for f in folds},
+        "pools": {id(f.pool): f for f in folds if f.pool is not None},
+        "offsets": {},
+    }
+    layers = [layer for fold in folds for layer in fold if layer is not None]
     plans = _plans()
     with _lock:
         for layer in layers:
@@ -135,6 +167,13 @@ def folded_call(convolution, norm, inputs, training):
     statistics of the convolution's outputs read from its input patches
     and the normalisation folded into the convolution (see the module
     docstring)."""
+    outputs, offset = folded_parts(convolution, norm, inputs, training)
+    return tf.nn.bias_add(outputs, offset)
+
+
+def folded_parts(convolution, norm, inputs, training):
+    """`(outputs, offset)`: `folded_call`'s result is `outputs + offset`
+    (`offset` per channel)."""
     kernel = tf.convert_to_tensor(convolution.kernel)
     entries = math.prod(kernel.shape[:-1])
     # The convolution with an identity kernel lists each output position's
@@ -160,8 +199,7 @@ def folded_call(convolution, norm, inputs, training):
     multiplier, offset = norm.affine_from_statistics(mean, variance, training)
     if bias is not None:  # Cancelled by the mean: gradients of 0 exactly.
         offset = offset + bias * multiplier
-    outputs = convolution.convolution_op(inputs, kernel * multiplier)
-    return tf.nn.bias_add(outputs, offset)
+    return convolution.convolution_op(inputs, kernel * multiplier), offset
 
 
 def _foldable(layer, norm) -> bool:
@@ -197,6 +235,14 @@ def _reads_an_input(layer) -> bool:
     )
 
 
+def _pools_channels_last(layer) -> bool:
+    return (
+        type(layer) in _MAX_POOLS
+        and layer.data_format == "channels_last"
+        and len(layer._inbound_nodes) == 1
+    )
+
+
 def _plans() -> list:
     if not hasattr(_active, "plans"):
         _active.plans = []
@@ -205,7 +251,7 @@ def _plans() -> list:
 
 def _current(key, layer):
     """This thread's innermost open block that folds `layer` (as a
-    convolution or a batch norm, by `key`), or `None`."""
+    convolution, a batch norm or a pool, by `key`), or `None`."""
     for plan in reversed(_plans()):
         if id(layer) in plan[key]:
             return plan
@@ -228,14 +274,30 @@ def _install(layer) -> None:
                 return inputs
             return original(inputs, training=training, mask=mask)
 
+    elif type(layer) in _MAX_POOLS:
+
+        def call(inputs):
+            plan = _current("pools", layer)
+            if plan is None:
+                return original(inputs)
+            norm = plan["pools"][id(layer)].norm
+            offset = plan["offsets"].pop(id(norm))
+            return tf.nn.bias_add(original(inputs), offset)
+
     else:
 
         def call(inputs):
             plan = _current("convolutions", layer)
             if plan is None:
                 return original(inputs)
-            norm = plan["convolutions"][id(layer)]
-            return folded_call(layer, norm, inputs, plan["training"])
+            fold = plan["convolutions"][id(layer)]
+            if fold.pool is None:
+                return folded_call(layer, fold.norm, inputs, plan["training"])
+            outputs, offset = folded_parts(
+                layer, fold.norm, inputs, plan["training"]
+            )
+            plan["offsets"][id(fold.norm)] = offset  # For the pool to add.
+            return outputs
 
     # Past Keras' attribute tracking: a function is not state to track.
     object.__setattr__(layer, "call", call)

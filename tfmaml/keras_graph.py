@@ -25,6 +25,9 @@ class NormalisedOutput(NamedTuple):
     layer: keras.layers.Layer
     norm: BatchNormalization
     tensor: keras.KerasTensor  # The layer's output, the norm's input.
+    # The one operation reading the norm's output, if only one does (and
+    # the graph does not return it); `None` otherwise.
+    reader: keras.Operation | None = None
 
 
 def graphs(layer: keras.layers.Layer) -> Iterator[keras.Model]:
@@ -52,11 +55,20 @@ def normalised_outputs(
         nodes = [n for level in graph._nodes_by_depth.values() for n in level]
         # How often each tensor is read in the graph; returning it counts.
         uses = collections.Counter(id(t) for t in graph.outputs)
-        uses.update(id(t) for n in nodes for t in n.arguments.keras_tensors)
+        readers = collections.defaultdict(list)
+        for n in nodes:
+            for t in n.arguments.keras_tensors:
+                uses[id(t)] += 1
+                readers[id(t)].append(n.operation)
         for node in nodes:
             found = _normalised_input(node, uses, training)
-            if found is not None:
-                yield found
+            if found is None:
+                continue
+            outputs = node.outputs
+            read_by = readers[id(outputs[0])] if len(outputs) == 1 else []
+            if len(read_by) == 1 and uses[id(outputs[0])] == 1:
+                found = found._replace(reader=read_by[0])
+            yield found
 
 
 def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
