@@ -1,5 +1,5 @@
-"""Shared fixtures: quiet TensorFlow, seeds, a float64 scope, and a Python
-that cannot import tfmaml."""
+"""Shared fixtures: quiet TensorFlow, seeds, a float64 scope, a Python
+that cannot import tfmaml, and second-order MAML's meta-gradients."""
 
 import os
 import subprocess
@@ -74,3 +74,37 @@ def run_without_tfmaml(tmp_path):
         return result
 
     return run
+
+
+@pytest.fixture
+def second_order_maml():
+    """`second_order_maml(network)(episode) -> (meta-loss, meta-gradients)`:
+    MAML with two second-order inner steps (rate 0.3) around `network`, the
+    meta-gradients one NumPy array per trainable variable, averaged over
+    the episode's tasks. For tests that compute one meta-gradient two ways
+    (a speed-up switched on and off) or against finite differences."""
+    import tensorflow as tf
+
+    def wrap(network):
+        model = tfmaml.MAML(network, inner_lr=0.3, inner_steps=2)
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+
+        def loss_and_gradients(episode):
+            results = model.solve_tasks(
+                episode,
+                steps=2,
+                first_order=False,
+                training=True,
+                gradients_of=model.trainable_variables,
+            )
+            tasks = episode.support_x.shape[0]
+            gradients = model.mean_over_tasks(results.gradients, tasks)
+            loss = float(tf.reduce_mean(results.loss))
+            return loss, [g.numpy() for g in gradients]
+
+        return loss_and_gradients
+
+    return wrap

@@ -263,27 +263,6 @@ def _episode(seed=0):
     )
 
 
-def _model(net):
-    model = tfmaml.MAML(net, inner_lr=0.3, inner_steps=2)
-    model.compile(
-        keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
-
-
-def _loss_and_gradients(model, episode):
-    results = model.solve_tasks(
-        episode,
-        steps=2,
-        first_order=False,
-        training=True,
-        gradients_of=model.trainable_variables,
-    )
-    gradients = model.mean_over_tasks(results.gradients, TASKS)
-    return float(tf.reduce_mean(results.loss)), [g.numpy() for g in gradients]
-
-
 def _per_step_net(pooled=False):
     # MAML++'s per-step batch norm: a parameter row per inner step.
     norm = tfmaml.BatchNormalization(num_steps=2, name="norm")
@@ -299,15 +278,17 @@ def _per_step_net(pooled=False):
 
 
 @pytest.mark.parametrize("pooled", [False, True])
-def test_meta_gradients_are_the_unfolded_ones(float64, monkeypatch, pooled):
+def test_meta_gradients_are_the_unfolded_ones(
+    float64, monkeypatch, pooled, second_order_maml
+):
     net = _per_step_net(pooled)
     _randomise(net)
-    model, episode = _model(net), _episode()
+    meta, episode = second_order_maml(net), _episode()
     (fold,) = folded_batch_norm.folded_convolutions(net, True)
     assert (fold.pool is not None) == pooled
-    loss, gradients = _loss_and_gradients(model, episode)
+    loss, gradients = meta(episode)
     monkeypatch.setenv(folded_batch_norm.ENVIRONMENT_VARIABLE, "0")
-    reference_loss, reference = _loss_and_gradients(model, episode)
+    reference_loss, reference = meta(episode)
     assert loss == pytest.approx(reference_loss, rel=1e-12)
     scale = max(np.abs(g).max() for g in reference)
     for variable, ours, theirs in zip(
@@ -321,11 +302,13 @@ def test_meta_gradients_are_the_unfolded_ones(float64, monkeypatch, pooled):
 
 
 @pytest.mark.parametrize("pooled", [False, True])
-def test_meta_gradient_matches_finite_differences(float64, pooled):
+def test_meta_gradient_matches_finite_differences(
+    float64, pooled, second_order_maml
+):
     net = _per_step_net(pooled)
     _randomise(net)
-    model, episode = _model(net), _episode()
-    _, gradients = _loss_and_gradients(model, episode)
+    meta, episode = second_order_maml(net), _episode()
+    _, gradients = meta(episode)
     rng = np.random.default_rng(2)
     for path in ("conv/kernel", "norm/gamma", "norm/beta"):
         index, variable = next(
@@ -341,7 +324,7 @@ def test_meta_gradient_matches_finite_differences(float64, pooled):
                 moved = start.copy()
                 moved[entry] += step
                 variable.assign(moved)
-                losses.append(_loss_and_gradients(model, episode)[0])
+                losses.append(meta(episode)[0])
             variable.assign(start)
             numeric = (losses[0] - losses[1]) / 2e-5
             assert gradients[index][entry] == pytest.approx(

@@ -54,20 +54,6 @@ def _registry_entry() -> dict | None:
     return None
 
 
-def enabled() -> bool:
-    """Whether `summed_bias_gradients` swaps (see the module docstring).
-
-    Raises:
-        ValueError: If the environment variable is set to anything but
-            `0` or `1`.
-    """
-    return environment_switch(
-        ENVIRONMENT_VARIABLE,
-        off="TensorFlow's BiasAddGrad",
-        on="a summed bias gradient",
-    )
-
-
 def _summed(original):
     """`BiasAdd`'s gradient with the bias's part as `tf.reduce_sum` over
     every axis but the channels', for float32; `original` otherwise."""
@@ -91,9 +77,19 @@ def _summed(original):
 def summed_bias_gradients() -> Iterator[None]:
     """Within the block, tapes differentiate float32 `BiasAdd` with a
     summed bias gradient (see the module docstring). Nests; restores
-    TensorFlow's gradient when the outermost block exits, also on error."""
+    TensorFlow's gradient when the outermost block exits, also on error.
+
+    Raises:
+        ValueError: If `TFMAML_SUMMED_BIAS_GRADIENTS` is set to anything
+            but `0` or `1`.
+    """
     global _depth, _original
-    entry = _registry_entry() if enabled() else None
+    summed = environment_switch(
+        ENVIRONMENT_VARIABLE,
+        off="TensorFlow's BiasAddGrad",
+        on="a summed bias gradient",
+    )
+    entry = _registry_entry() if summed else None
     if entry is None:
         yield
         return

@@ -51,20 +51,6 @@ _CONVOLUTIONS = (
 _BIASED_LAYERS = (keras.layers.Dense, *_CONVOLUTIONS)
 
 
-def enabled() -> bool:
-    """Whether cancelled biases are constants (see the module docstring).
-
-    Raises:
-        ValueError: If the environment variable is set to anything but
-            `0` or `1`.
-    """
-    return environment_switch(
-        ENVIRONMENT_VARIABLE,
-        off="differentiate every bias",
-        on="biases batch norm cancels are constants",
-    )
-
-
 def cancelled_biases(
     network: keras.layers.Layer, training: bool
 ) -> list[keras.Variable]:
@@ -92,8 +78,16 @@ def cancelled_indices(
 ) -> list[int]:
     """Indices into `network.trainable_variables` of the biases batch norm
     cancels when `part` (a part of `network` sharing its layers; `network`
-    itself by default) runs; none if `TFMAML_CANCELLED_BIASES=0`."""
-    if not enabled():
+    itself by default) runs; none if `TFMAML_CANCELLED_BIASES=0`.
+
+    Raises:
+        ValueError: If that variable is set to anything but `0` or `1`.
+    """
+    if not environment_switch(
+        ENVIRONMENT_VARIABLE,
+        off="differentiate every bias",
+        on="biases batch norm cancels are constants",
+    ):
         return []
     biases = cancelled_biases(network if part is None else part, training)
     return [

@@ -63,20 +63,6 @@ _lock = threading.Lock()
 _installed: dict[int, list] = {}  # id(layer) -> [layer, blocks using it]
 
 
-def enabled() -> bool:
-    """Whether `folding` folds (see the module docstring).
-
-    Raises:
-        ValueError: If the environment variable is set to anything but
-            `0` or `1`.
-    """
-    return environment_switch(
-        ENVIRONMENT_VARIABLE,
-        off="run every batch norm on its own",
-        on="fold batch norm into a convolution with few patch entries",
-    )
-
-
 class Fold(NamedTuple):
     """A convolution whose batch norm `folding` folds into it; with `pool`
     (the max-pooling layer that alone reads the batch norm's output), the
@@ -128,10 +114,18 @@ def folding(
         network: The network.
         training: The `training` flag it is called with in the block.
         part: What is called instead of `network`. Defaults to `network`.
+
+    Raises:
+        ValueError: If `TFMAML_FOLDED_BATCH_NORM` is set to anything but
+            `0` or `1`.
     """
     folds = (
         folded_convolutions(network if part is None else part, training)
-        if enabled()
+        if environment_switch(
+            ENVIRONMENT_VARIABLE,
+            off="run every batch norm on its own",
+            on="fold batch norm into a first convolution",
+        )
         else []
     )
     if not folds:
