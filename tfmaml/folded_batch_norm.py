@@ -3,8 +3,8 @@
 Why. Conv4's first layer turns each image into 64 channels from one: its
 batch norm then reads and writes the largest activations of the network
 (75 query images x 28 x 28 x 64 in the speed issue's W1), forward, backward
-and, in second-order MAML, backward again, for 2% of the FLOPs and about
-10% of the op time (`benchmarks/RESULTS.md`). Yet a convolution is a linear
+and, in second-order MAML, backward again, for 2% of the FLOPs and 9% of
+W3's op time (`benchmarks/RESULTS.md`). Yet a convolution is a linear
 map of its input patches, `z = P w + b`, so the batch statistics batch norm
 needs follow from the patches' own mean `m` and covariance `C` (over
 batch and positions): `mean(z) = m w + b`, `var(z) = w^T C w`, and
@@ -15,25 +15,24 @@ patches are smaller than the activations, and nothing but the convolution
 itself passes over those: meta-steps 1.09x-1.18x faster on W1-W3.
 
 How. `folded_convolutions` reads the network's Keras graph
-(`tfmaml.keras_graph`): a Keras `Conv1D`/`Conv2D`/`Conv3D` (exact type,
-channels last, `"valid"` or `"same"` padding, no groups, activation,
-activity regulariser or quantisation, float32 or float64, called once)
-whose output goes only to a
-`tfmaml.BatchNormalization` (called once) normalising it with the batch's
-statistics, that reads an input of the network (a first layer) and has no
-more patch entries than filters. Inside
-`folding(...)` (`tasks.run_network` opens it around every pass of tfmaml's
-inner loop, its query passes, `adapt`, predictions and the export) each
-such pair computes the folded convolution in the convolution's call and
-passes it through the batch norm's: same function, rounded in another
-order, with gradients of any order by autodiff; the batch norm's parameter
-rows and moving statistics are updated as its own call does
-(`BatchNormalization.affine_from_statistics`). If a max-pooling layer
-alone reads the batch norm's output, the folded offset is added after it
-(`Fold`): the offset's gradient then sums a quarter of the values.
-Other threads, and calls outside the block, run the layers as they are.
-`TFMAML_FOLDED_BATCH_NORM=0` in the environment runs every batch norm on
-its own (read at each block).
+(`tfmaml.keras_graph`) for a first layer that qualifies: a Keras
+`Conv1D`/`Conv2D`/`Conv3D` of exact type that reads an input of its graph,
+is called once, has channels last, `"valid"` or `"same"` padding, no
+groups, activation, activity regulariser or quantisation, runs in float32
+or float64, has no more patch entries than filters, and whose output goes
+only to a `tfmaml.BatchNormalization` (called once) that normalises it
+with the batch's statistics. Inside `folding(...)` (`tasks.run_network`
+opens it around every pass of tfmaml's inner loop, its query passes,
+predictions and the export) the convolution's call computes the folded
+convolution and the batch norm's passes it through: the same function,
+rounded in another order, with gradients of any order by autodiff; the
+batch norm's parameter rows and moving statistics are updated as its own
+call does (`BatchNormalization.affine_from_statistics`). If a max-pooling
+layer alone reads the batch norm's output, the folded offset is added
+after it (`Fold`): the offset's gradient then sums a quarter of the
+values. Other threads, and calls outside the block, run the layers as they
+are. `TFMAML_FOLDED_BATCH_NORM=0` in the environment runs every batch norm
+on its own (read at each block).
 """
 
 import contextlib
