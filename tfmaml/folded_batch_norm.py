@@ -3,7 +3,7 @@
 Why. Conv4's first layer turns each image into 64 channels from one: its
 batch norm then reads and writes the largest activations of the network
 (75 query images x 28 x 28 x 64 in the speed issue's W1), forward, backward
-and, in second-order MAML, backward again, for 2% of the FLOPs and 9% of
+and, in second-order MAML, backward again, for 3% of the FLOPs and 9% of
 W3's op time (`benchmarks/RESULTS.md`). Yet a convolution is a linear
 map of its input patches, `z = P w + b`, so the batch statistics batch norm
 needs follow from the patches' own mean `m` and covariance `C` (over
