@@ -65,7 +65,7 @@ def cancelled_biases(
     """
     found = []
     for normalised in normalised_outputs(network, training):
-        bias = _cancelled_bias(normalised.layer, normalised.tensor)
+        bias = _cancelled_bias(normalised)
         if bias is not None and all(bias is not b for b in found):
             found.append(bias)
     return found
@@ -120,9 +120,11 @@ def _zero_gradient(weight: tf.Tensor):
     return tf.identity(weight), lambda upstream: tf.zeros_like(weight)
 
 
-def _cancelled_bias(layer, tensor) -> keras.Variable | None:
-    """The bias of `layer` that batch norm cancels (`tensor`: its output,
-    read only by that batch norm), if it is one this module handles."""
+def _cancelled_bias(normalised) -> keras.Variable | None:
+    """The bias of `normalised.layer` that its batch norm cancels, if it is
+    one this module handles (the norm's axis is the layer's channels:
+    `keras_graph` checked)."""
+    layer, norm, tensor = normalised.layer, normalised.norm, normalised.tensor
     if type(layer) not in _BIASED_LAYERS:
         return None
     bias = layer.bias  # `None` without one (`use_bias=False`).
@@ -135,11 +137,6 @@ def _cancelled_bias(layer, tensor) -> keras.Variable | None:
         or layer.activity_regularizer is not None
     ):
         return None
-    channels = (
-        1
-        if getattr(layer, "data_format", None) == "channels_first"
-        else len(tensor.shape) - 1
-    )
-    if tensor.shape[channels] != bias.shape[0]:
+    if tensor.shape[norm.axis] != bias.shape[0]:
         return None
     return bias

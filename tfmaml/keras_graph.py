@@ -53,20 +53,21 @@ def normalised_outputs(
     """
     for graph in graphs(network):
         nodes = [n for level in graph._nodes_by_depth.values() for n in level]
-        # How often each tensor is read in the graph; returning it counts.
-        uses = collections.Counter(id(t) for t in graph.outputs)
+        # What reads each tensor of the graph, by `id`; `None` for the
+        # graph returning it, which counts as a read.
         readers = collections.defaultdict(list)
+        for t in graph.outputs:
+            readers[id(t)].append(None)
         for n in nodes:
             for t in n.arguments.keras_tensors:
-                uses[id(t)] += 1
                 readers[id(t)].append(n.operation)
         for node in nodes:
-            found = _normalised_input(node, uses, training)
+            found = _normalised_input(node, readers, training)
             if found is None:
                 continue
             outputs = node.outputs
             read_by = readers[id(outputs[0])] if len(outputs) == 1 else []
-            if len(read_by) == 1 and uses[id(outputs[0])] == 1:
+            if len(read_by) == 1:
                 found = found._replace(reader=read_by[0])
             yield found
 
@@ -85,10 +86,10 @@ def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
     return None
 
 
-def _normalised_input(node, uses, training) -> NormalisedOutput | None:
+def _normalised_input(node, readers, training) -> NormalisedOutput | None:
     """The layer whose output the batch norm called at `node` normalises
     with batch statistics, if it is called once and nothing else reads that
-    output (`uses`: how often each tensor of the graph is read, by `id`)."""
+    output (`readers`: what reads each tensor of the graph, by `id`)."""
     norm = node.operation
     if type(norm) is not BatchNormalization:
         return None
@@ -102,7 +103,7 @@ def _normalised_input(node, uses, training) -> NormalisedOutput | None:
     layer = history.operation if history is not None else None
     if not isinstance(layer, keras.layers.Layer):
         return None
-    if len(layer._inbound_nodes) != 1 or uses[id(tensor)] != 1:
+    if len(layer._inbound_nodes) != 1 or len(readers[id(tensor)]) != 1:
         return None
     rank = len(tensor.shape)
     channels = (
