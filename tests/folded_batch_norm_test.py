@@ -52,9 +52,6 @@ def test_conv4_folds_its_first_layer_only():
     # have 3 x 3 x 64 = 576.
     net = tfmaml.networks.conv4((28, 28, 1), 5)
     assert _names(net) == [("conv_0", "norm_0")]
-    # Its batch norm feeds max-pooling only: the offset goes after it.
-    (fold,) = folded_batch_norm.folded_convolutions(net, True)
-    assert fold.pool is net.get_layer("pool_0")
     rgb = tfmaml.networks.conv4((84, 84, 3), 5, filters=32)
     assert _names(rgb) == [("conv_0", "norm_0")]  # 27 entries, 32 filters
 
@@ -106,7 +103,7 @@ def test_folded_outputs_and_moving_statistics_are_the_layers(
     net = keras.Model(inputs, outputs if pool is None else pool(outputs))
     _randomise(net)
     (fold,) = folded_batch_norm.folded_convolutions(net, training)
-    assert (fold.convolution, fold.norm, fold.pool) == (conv, norm, pool)
+    assert (fold.convolution, fold.norm) == (conv, norm)
     x = tf.constant(np.random.default_rng(1).normal(size=(3, *shape)) + 0.7)
     state = [tf.convert_to_tensor(v) for v in net.non_trainable_variables]
     mapping = list(zip(net.non_trainable_variables, state, strict=True))
@@ -124,17 +121,17 @@ def test_folded_outputs_and_moving_statistics_are_the_layers(
         return outputs.numpy(), [np.asarray(m) for m in moved]
 
     calls = []
-    original = folded_batch_norm.folded_parts
+    original = folded_batch_norm.folded_call
 
     def counted(*args):
         calls.append(args)
         return original(*args)
 
-    folded_batch_norm.folded_parts = counted
+    folded_batch_norm.folded_call = counted
     try:
         outputs, moved = run(fold=True)
     finally:
-        folded_batch_norm.folded_parts = original
+        folded_batch_norm.folded_call = original
     assert len(calls) == 1  # Folded, not run as the layers.
     reference, reference_moved = run(fold=False)
     np.testing.assert_allclose(outputs, reference, rtol=0, atol=1e-12)
@@ -156,6 +153,36 @@ def test_float32_outputs_agree_to_rounding():
     with folded_batch_norm.folding(net, True):
         outputs = net(x, training=True).numpy()
     np.testing.assert_allclose(outputs, reference, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_float32_statistics_survive_inputs_far_from_zero(padding):
+    # Raw pixel values: the patches' second moment is 1e6 times their
+    # variance, which float32 could not take it from. The fold takes each
+    # input channel's mean off first; against float64 it stays as close as
+    # the layers' own float32 pass.
+    conv = keras.layers.Conv2D(18, 3, padding=padding, name="conv")
+    net = _conv_bn(conv, tfmaml.BatchNormalization(name="norm"), (7, 7, 2))
+    assert _names(net) == [("conv", "norm")]  # 18 patch entries.
+    _randomise(net)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 7, 7, 2)) + [1000.0, -500.0]
+    keras.config.set_dtype_policy("float64")
+    try:
+        twin = _conv_bn(
+            keras.layers.Conv2D(18, 3, padding=padding, name="conv"),
+            tfmaml.BatchNormalization(name="norm"),
+            (7, 7, 2),
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    twin.set_weights(net.get_weights())
+    exact = twin(tf.constant(x), training=True).numpy()
+    layers = net(tf.constant(x, "float32"), training=True).numpy()
+    with folded_batch_norm.folding(net, True):
+        folded = net(tf.constant(x, "float32"), training=True).numpy()
+    error = np.abs(folded - exact).max()
+    assert error <= max(2 * np.abs(layers - exact).max(), 1e-5), error
 
 
 @pytest.mark.parametrize(
@@ -268,8 +295,7 @@ def _per_step_net(pooled=False):
     norm = tfmaml.BatchNormalization(num_steps=2, name="norm")
     if not pooled:
         return _conv_bn(norm=norm)
-    # As Conv4 does: batch norm, then max-pooling (the offset moves past
-    # it), then the activation.
+    # As Conv4 does: batch norm, then max-pooling, then the activation.
     inputs = keras.Input((7, 7, 1))
     x = norm(keras.layers.Conv2D(9, 3, padding="same", name="conv")(inputs))
     x = keras.layers.Activation("tanh")(keras.layers.MaxPooling2D(2)(x))
@@ -284,8 +310,7 @@ def test_meta_gradients_are_the_unfolded_ones(
     net = _per_step_net(pooled)
     _randomise(net)
     meta, episode = second_order_maml(net), _episode()
-    (fold,) = folded_batch_norm.folded_convolutions(net, True)
-    assert (fold.pool is not None) == pooled
+    assert _names(net) == [("conv", "norm")]
     loss, gradients = meta(episode)
     monkeypatch.setenv(folded_batch_norm.ENVIRONMENT_VARIABLE, "0")
     reference_loss, reference = meta(episode)

@@ -27,10 +27,16 @@ predictions and the export) the convolution's call computes the folded
 convolution and the batch norm's passes it through: the same function,
 rounded in another order, with gradients of any order by autodiff; the
 batch norm's parameter rows and moving statistics are updated as its own
-call does (`BatchNormalization.affine_from_statistics`). If a max-pooling
-layer alone reads the batch norm's output, the folded offset is added
-after it (`Fold`): the offset's gradient then sums a quarter of the
-values. Other threads, and calls outside the block, run the layers as they
+call does (`BatchNormalization.affine_from_statistics`). The patches are
+listed once, by the convolution with an identity kernel, with a column of
+ones beside them and each input channel's mean taken off (a bias, which
+oneDNN fuses into that convolution): one product of the patches with
+themselves then gives their mean and covariance, with little cancellation,
+and the folded convolution is the product of the patches with the scaled
+filters and, against the ones, the offset. oneDNN's filter gradient of a
+convolution with so few input channels runs far below the FLOP peak; the
+product's gradient is one more product, and the offset's gradient comes
+with it. Other threads, and calls outside the block, run the layers as they
 are. `TFMAML_FOLDED_BATCH_NORM=0` in the environment runs every batch norm
 on its own (read at each block).
 """
@@ -50,11 +56,6 @@ from tfmaml.keras_graph import normalised_outputs
 
 ENVIRONMENT_VARIABLE = "TFMAML_FOLDED_BATCH_NORM"
 _CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_MAX_POOLS = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-)
 _FLOATS = ("float32", "float64")
 
 _active = threading.local()  # `.plans`: this thread's open blocks.
@@ -63,16 +64,10 @@ _installed: dict[int, list] = {}  # id(layer) -> [layer, blocks using it]
 
 
 class Fold(NamedTuple):
-    """A convolution whose batch norm `folding` folds into it; with `pool`
-    (the max-pooling layer that alone reads the batch norm's output), the
-    folded offset is added after pooling, on a quarter of the values for
-    2x2 pools: max-pooling commutes with adding a per-channel constant, to
-    the last bit (rounding is monotone), and the offset's gradient then
-    sums the pooled gradient instead of the full-size one."""
+    """A convolution whose batch norm `folding` folds into it."""
 
     convolution: keras.layers.Layer
     norm: BatchNormalization
-    pool: keras.layers.Layer | None
 
 
 def folded_convolutions(
@@ -88,13 +83,12 @@ def folded_convolutions(
             `use_moving_statistics` use batch statistics only in training.
     """
     folds = []
-    for layer, norm, _, reader in normalised_outputs(network, training):
+    for layer, norm, _ in normalised_outputs(network, training):
         if not _foldable(layer, norm):
             continue
         if any(layer is fold.convolution for fold in folds):
             continue
-        pool = reader if _pools_channels_last(reader) else None
-        folds.append(Fold(layer, norm, pool))
+        folds.append(Fold(layer, norm))
     return folds
 
 
@@ -130,17 +124,14 @@ def folding(
     if not folds:
         yield
         return
-    # What this block's layers do, by `id`: each convolution's fold, the
-    # batch norms to pass through, each pool's fold, and the offsets a
-    # convolution leaves for its pool to add.
+    # What this block's layers do, by `id`: each convolution's fold, and
+    # the batch norms to pass through.
     plan = {
         "training": training,
         "convolutions": {id(f.convolution): f for f in folds},
         "norms": {id(f.norm) for f in folds},
-        "pools": {id(f.pool): f for f in folds if f.pool is not None},
-        "offsets": {},
     }
-    layers = [layer for fold in folds for layer in fold if layer is not None]
+    layers = [layer for fold in folds for layer in fold]
     plans = _plans()
     with _lock:
         for layer in layers:
@@ -160,30 +151,37 @@ def folded_call(convolution, norm, inputs, training):
     statistics of the convolution's outputs read from its input patches
     and the normalisation folded into the convolution (see the module
     docstring)."""
-    outputs, offset = folded_parts(convolution, norm, inputs, training)
-    return tf.nn.bias_add(outputs, offset)
-
-
-def folded_parts(convolution, norm, inputs, training):
-    """`(outputs, offset)`: `folded_call`'s result is `outputs + offset`
-    (`offset` per channel)."""
     kernel = tf.convert_to_tensor(convolution.kernel)
     entries = math.prod(kernel.shape[:-1])
+    # Each input channel's mean, for each patch entry (the kernel's entries
+    # run over input channels last). Patches shifted by a constant have the
+    # same covariance, and the shift is added back through the offset, so
+    # its derivative is 0 exactly.
+    shift = tf.stop_gradient(
+        tf.reduce_mean(inputs, axis=list(range(len(inputs.shape) - 1)))
+    )
+    shift = tf.tile(shift, [entries // shift.shape[0]])
     # The convolution with an identity kernel lists each output position's
     # patch, in the order of the kernel's entries, whatever the strides,
-    # padding and dilation.
+    # padding and dilation; the bias takes the shift off and adds a column
+    # of ones.
     identity = tf.reshape(
-        tf.eye(entries, dtype=kernel.dtype), [*kernel.shape[:-1], entries]
+        tf.eye(entries, entries + 1, dtype=kernel.dtype),
+        [*kernel.shape[:-1], entries + 1],
     )
-    patches = tf.reshape(
-        convolution.convolution_op(inputs, identity), [-1, entries]
+    listed = tf.nn.bias_add(
+        convolution.convolution_op(inputs, identity),
+        tf.concat([-shift, tf.ones([1], kernel.dtype)], 0),
     )
+    patches = tf.reshape(listed, [-1, entries + 1])
     count = tf.cast(tf.shape(patches)[0], patches.dtype)
-    patch_mean = tf.reduce_mean(patches, axis=0)
-    centred = patches - patch_mean
-    covariance = tf.matmul(centred, centred, transpose_a=True) / count
+    moments = tf.matmul(patches, patches, transpose_a=True) / count
+    shifted_mean = moments[-1, :-1]
+    covariance = moments[:-1, :-1] - (
+        shifted_mean[:, None] * shifted_mean[None, :]
+    )
     matrix = tf.reshape(kernel, [entries, -1])
-    mean = tf.linalg.matvec(matrix, patch_mean, transpose_a=True)
+    mean = tf.linalg.matvec(matrix, shifted_mean + shift, transpose_a=True)
     variance = tf.reduce_sum(tf.matmul(covariance, matrix) * matrix, axis=0)
     bias = None
     if convolution.bias is not None:
@@ -192,7 +190,13 @@ def folded_parts(convolution, norm, inputs, training):
     multiplier, offset = norm.affine_from_statistics(mean, variance, training)
     if bias is not None:  # Cancelled by the mean: gradients of 0 exactly.
         offset = offset + bias * multiplier
-    return convolution.convolution_op(inputs, kernel * multiplier), offset
+    scaled = matrix * multiplier
+    offset = offset + tf.linalg.matvec(scaled, shift, transpose_a=True)
+    outputs = tf.matmul(patches, tf.concat([scaled, offset[None]], 0))
+    shape = tf.concat([tf.shape(listed)[:-1], tf.shape(outputs)[-1:]], 0)
+    outputs = tf.reshape(outputs, shape)
+    outputs.set_shape(listed.shape[:-1].concatenate(kernel.shape[-1:]))
+    return outputs
 
 
 def _foldable(layer, norm) -> bool:
@@ -228,14 +232,6 @@ def _reads_an_input(layer) -> bool:
     )
 
 
-def _pools_channels_last(layer) -> bool:
-    return (
-        type(layer) in _MAX_POOLS
-        and layer.data_format == "channels_last"
-        and len(layer._inbound_nodes) == 1
-    )
-
-
 def _plans() -> list:
     if not hasattr(_active, "plans"):
         _active.plans = []
@@ -244,7 +240,7 @@ def _plans() -> list:
 
 def _current(key, layer):
     """This thread's innermost open block that folds `layer` (as a
-    convolution, a batch norm or a pool, by `key`), or `None`."""
+    convolution or a batch norm, by `key`), or `None`."""
     for plan in reversed(_plans()):
         if id(layer) in plan[key]:
             return plan
@@ -267,30 +263,14 @@ def _install(layer) -> None:
                 return inputs
             return original(inputs, training=training, mask=mask)
 
-    elif type(layer) in _MAX_POOLS:
-
-        def call(inputs):
-            plan = _current("pools", layer)
-            if plan is None:
-                return original(inputs)
-            norm = plan["pools"][id(layer)].norm
-            offset = plan["offsets"].pop(id(norm))
-            return tf.nn.bias_add(original(inputs), offset)
-
     else:
 
         def call(inputs):
             plan = _current("convolutions", layer)
             if plan is None:
                 return original(inputs)
-            fold = plan["convolutions"][id(layer)]
-            if fold.pool is None:
-                return folded_call(layer, fold.norm, inputs, plan["training"])
-            outputs, offset = folded_parts(
-                layer, fold.norm, inputs, plan["training"]
-            )
-            plan["offsets"][id(fold.norm)] = offset  # For the pool to add.
-            return outputs
+            norm = plan["convolutions"][id(layer)].norm
+            return folded_call(layer, norm, inputs, plan["training"])
 
     # Past Keras' attribute tracking: a function is not state to track.
     object.__setattr__(layer, "call", call)

@@ -25,9 +25,6 @@ class NormalisedOutput(NamedTuple):
     layer: keras.layers.Layer
     norm: BatchNormalization
     tensor: keras.KerasTensor  # The layer's output, the norm's input.
-    # The one operation reading the norm's output, if only one does (and
-    # the graph does not return it); `None` otherwise.
-    reader: keras.Operation | None = None
 
 
 def graphs(layer: keras.layers.Layer) -> Iterator[keras.Model]:
@@ -63,13 +60,8 @@ def normalised_outputs(
                 readers[id(t)].append(n.operation)
         for node in nodes:
             found = _normalised_input(node, readers, training)
-            if found is None:
-                continue
-            outputs = node.outputs
-            read_by = readers[id(outputs[0])] if len(outputs) == 1 else []
-            if len(read_by) == 1:
-                found = found._replace(reader=read_by[0])
-            yield found
+            if found is not None:
+                yield found
 
 
 def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
