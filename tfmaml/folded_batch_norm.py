@@ -12,7 +12,7 @@ normalising is an affine map per channel that folds into the convolution:
 `conv(x, w * a) + offset`. With `kh * kw * in_channels` patch entries no
 more than the filters (9 against 64 on Conv4's first layer), the
 patches are smaller than the activations, and nothing but the convolution
-itself passes over those: meta-steps 1.09x-1.18x faster on W1-W3.
+itself passes over those: meta-steps 1.13x-1.19x faster on W1-W3.
 
 How. `folded_convolutions` reads the network's Keras graph
 (`tfmaml.keras_graph`) for a first layer that qualifies: a Keras
