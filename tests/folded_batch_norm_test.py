@@ -167,6 +167,7 @@ def test_float32_statistics_survive_inputs_far_from_zero(padding):
     _randomise(net)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 7, 7, 2)) + [1000.0, -500.0]
+    previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float64")
     try:
         twin = _conv_bn(
@@ -175,7 +176,7 @@ def test_float32_statistics_survive_inputs_far_from_zero(padding):
             (7, 7, 2),
         )
     finally:
-        keras.config.set_dtype_policy("float32")
+        keras.config.set_dtype_policy(previous)
     twin.set_weights(net.get_weights())
     exact = twin(tf.constant(x), training=True).numpy()
     layers = net(tf.constant(x, "float32"), training=True).numpy()

@@ -50,16 +50,13 @@ def normalised_outputs(
     """
     for graph in graphs(network):
         nodes = [n for level in graph._nodes_by_depth.values() for n in level]
-        # What reads each tensor of the graph, by `id`; `None` for the
-        # graph returning it, which counts as a read.
-        readers = collections.defaultdict(list)
-        for t in graph.outputs:
-            readers[id(t)].append(None)
+        # How often each tensor of the graph is read, by `id`; returning it
+        # counts.
+        uses = collections.Counter(id(t) for t in graph.outputs)
         for n in nodes:
-            for t in n.arguments.keras_tensors:
-                readers[id(t)].append(n.operation)
+            uses.update(id(t) for t in n.arguments.keras_tensors)
         for node in nodes:
-            found = _normalised_input(node, readers, training)
+            found = _normalised_input(node, uses, training)
             if found is not None:
                 yield found
 
@@ -78,10 +75,10 @@ def _functional_graph(layer: keras.layers.Layer) -> keras.Model | None:
     return None
 
 
-def _normalised_input(node, readers, training) -> NormalisedOutput | None:
+def _normalised_input(node, uses, training) -> NormalisedOutput | None:
     """The layer whose output the batch norm called at `node` normalises
     with batch statistics, if it is called once and nothing else reads that
-    output (`readers`: what reads each tensor of the graph, by `id`)."""
+    output (`uses`: how often each tensor of the graph is read, by `id`)."""
     norm = node.operation
     if type(norm) is not BatchNormalization:
         return None
@@ -95,7 +92,7 @@ def _normalised_input(node, readers, training) -> NormalisedOutput | None:
     layer = history.operation if history is not None else None
     if not isinstance(layer, keras.layers.Layer):
         return None
-    if len(layer._inbound_nodes) != 1 or len(readers[id(tensor)]) != 1:
+    if len(layer._inbound_nodes) != 1 or uses[id(tensor)] != 1:
         return None
     rank = len(tensor.shape)
     channels = (
