@@ -279,6 +279,41 @@ def test_pretraining_learns_an_embedding_that_separates_new_draws(head):
     assert after >= 0.9 and after > before + 0.3, (before, after)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_is_the_loss_pretraining_reports(smoothing):
+    # One step on one batch: `fit` reports the loss of the weights before
+    # the step, which the same seed's classifier gives here in NumPy:
+    # cross-entropy against (1 - s) one-hot + s / classes.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("f4")
+    y = rng.integers(0, 4, 16)
+    batches = tf.data.Dataset.from_tensors((x, y)).repeat()
+
+    def embedding():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(5)])
+
+    history = pretraining.pretrain_embedding(
+        embedding(),
+        batches,
+        4,
+        steps=1,
+        seed=7,
+        label_smoothing=smoothing,
+    )
+    logits = pretraining.classifier(embedding(), 4, "linear", 7)(x).numpy()
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    targets = (1 - smoothing) * np.eye(4)[y] + smoothing / 4
+    expected = -(targets * log_p).sum(1).mean()
+    np.testing.assert_allclose(history.history["loss"][0], expected, rtol=1e-5)
+    accuracy = np.mean(logits.argmax(1) == y)
+    np.testing.assert_allclose(history.history["accuracy"][0], accuracy)
+    with pytest.raises(ValueError, match="label_smoothing=1.0"):
+        pretraining.pretrain_embedding(
+            embedding(), batches, 4, steps=1, label_smoothing=1.0
+        )
+
+
 def test_pretraining_on_validation_labels_its_classes_too():
     config = omniglot_20way_1shot.get_config("smoke")
     config.data_dir = str(OMNIGLOT)

@@ -134,6 +134,7 @@ def pretrain(
             num_classes,
             steps=steps,
             learning_rate=config.pretrain_learning_rate,
+            label_smoothing=config.get("pretrain_label_smoothing", 0.0),
             head=head,
             steps_per_epoch=config.steps_per_epoch,
             callbacks=[

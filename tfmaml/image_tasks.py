@@ -76,7 +76,12 @@ def preprocessing(config: ml_collections.ConfigDict) -> keras.Model:
     Args:
         config: An image config.
     """
-    return data.preprocessing(tuple(config.image_size), invert=config.invert)
+    return data.preprocessing(
+        tuple(config.image_size),
+        invert=config.invert,
+        centre_ink=config.get("centre_ink", False),
+        ink_radius=config.get("ink_radius", 0.0) or None,
+    )
 
 
 def grouped_test(

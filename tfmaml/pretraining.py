@@ -165,6 +165,7 @@ def pretrain_embedding(
     verbose: int = 0,
     seed: int | None = None,
     seconds: float | None = None,
+    label_smoothing: float = 0.0,
 ) -> keras.callbacks.History:
     """Trains `embedding` in place as the body of a `num_classes`-way
     classifier for `steps` batches of `batches` (`(images, labels)`, e.g.
@@ -197,6 +198,9 @@ def pretrain_embedding(
         seconds: The wall-time budget, from the call to the last batch
             (the first `BUDGET_PROBE + BUDGET_TIMED` batches run whatever
             it is, even 0). Defaults to none: `steps` batches.
+        label_smoothing: Keras' label smoothing of the cross-entropy (the
+            labels go one-hot for it): a share of each target spread over
+            all classes. Defaults to 0.
 
     Raises:
         ValueError: For a count that is not a positive int, a budget that
@@ -211,13 +215,30 @@ def pretrain_embedding(
             "`seconds` must be a number of seconds >= 0 (or None). "
             f"Received: seconds={seconds!r}"
         )
+    if not (
+        isinstance(label_smoothing, int | float) and 0 <= label_smoothing < 1
+    ):
+        raise ValueError(
+            "`label_smoothing` must be a number in [0, 1). Received: "
+            f"label_smoothing={label_smoothing!r}"
+        )
     stop = _StopAt(steps, seconds)
     model = classifier(embedding, num_classes, head, seed)
+    if label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=label_smoothing
+        )
+        batches = batches.map(
+            lambda x, y: (x, tf.one_hot(y, num_classes)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(
         optimizer=keras.optimizers.Adam(
             CosineToHorizon(learning_rate, stop.horizon)
         ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=loss,
         metrics=["accuracy"],
         jit_compile=False,  # Set explicitly: XLA is slower on CPU here.
     )

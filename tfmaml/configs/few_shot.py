@@ -61,6 +61,11 @@ def few_shot_config(
     config.split = "auto"
     config.image_size = image_size
     config.invert = invert
+    # Each image's ink moved to the frame's centre before resizing, and with
+    # `ink_radius` > 0 scaled to that radius of gyration (a fraction of the
+    # side; `tfmaml.data.InkCentring`), in training and in the export.
+    config.centre_ink = False
+    config.ink_radius = 0.0
     config.rotations = rotations  # Training classes only.
     # Mirror images of training classes as new classes too (with rotations,
     # eight orientations of each; `tfmaml.data.episodes(reflections=...)`).
@@ -114,6 +119,7 @@ def few_shot_config(
     config.pretrain_group_by = ""
     config.pretrain_group_fraction = 1.0
     config.pretrain_learning_rate = 1e-3
+    config.pretrain_label_smoothing = 0.0  # Keras' label_smoothing.
     # A ProtoNet's views: each support image (query) also embedded as this
     # many copies distorted by `augmentation`'s ranges, outside training
     # (`tfmaml.ProtoNet(support_views=..., query_views=...)`); 0: none.

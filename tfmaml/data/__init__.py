@@ -7,6 +7,7 @@ from tfmaml.data.episodes import episodes
 from tfmaml.data.episodes import grouped_classes
 from tfmaml.data.episodes import prepare
 from tfmaml.data.episodes import preprocessing
+from tfmaml.data.ink_centring import InkCentring
 from tfmaml.data.joined import join_classes
 from tfmaml.data.labelled import labelled_batches
 from tfmaml.data.labelled import labelled_classes
@@ -20,6 +21,7 @@ __all__ = [
     "AffineAugmentation",
     "ClassIndexedImages",
     "DeviceEpisodes",
+    "InkCentring",
     "SinusoidTasks",
     "Splits",
     "episodes",

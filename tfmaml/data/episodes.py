@@ -26,6 +26,7 @@ from tfmaml.checks import check_optional_int
 from tfmaml.data import sources
 from tfmaml.data.augmentation import AffineAugmentation
 from tfmaml.data.augmentation import check_augment
+from tfmaml.data.ink_centring import InkCentring
 from tfmaml.data.sources import ClassIndexedImages
 from tfmaml.data.streams import batch_seeds
 from tfmaml.data.streams import indexed_stream
@@ -42,6 +43,8 @@ def preprocessing(
     scale: float = 1.0 / 255.0,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
+    centre_ink: bool = False,
+    ink_radius: float | None = None,
 ) -> keras.Sequential:
     """The image preprocessing of a few-shot pipeline, as Keras layers.
 
@@ -59,20 +62,38 @@ def preprocessing(
         mean: Per-channel mean subtracted after scaling (and inversion),
             e.g. a data set's channel means. Defaults to none.
         std: Per-channel standard deviation divided by, with `mean`.
+        centre_ink: Whether to move each image's centre of mass (of the
+            scaled, inverted values: the ink) to the centre of the frame,
+            at the raw size, before resizing (`InkCentring`). Defaults to
+            `False`.
+        ink_radius: With `centre_ink`, also scale each image so its ink's
+            radius of gyration is this fraction of the side. Defaults to
+            `None` (translation only).
 
     Returns:
         A `keras.Sequential` (unbuilt; it builds on its first input).
     """
-    layers = []
+    if ink_radius is not None and not centre_ink:
+        raise ValueError(
+            "`ink_radius` scales the ink about its centre: it needs "
+            f"`centre_ink=True`. Received: ink_radius={ink_radius}"
+        )
+    resizing = []
     if image_size is not None:
         height, width = image_size
-        layers.append(
+        resizing.append(
             keras.layers.Resizing(height, width, interpolation="area")
         )
     if invert:
-        layers.append(keras.layers.Rescaling(-scale, offset=1.0))
+        rescaling = [keras.layers.Rescaling(-scale, offset=1.0)]
     else:
-        layers.append(keras.layers.Rescaling(scale))
+        rescaling = [keras.layers.Rescaling(scale)]
+    if centre_ink:
+        # Centred at the raw size, where the ink's moments are sharpest;
+        # resizing and rescaling commute, so the order only matters here.
+        layers = [*rescaling, InkCentring(ink_radius), *resizing]
+    else:
+        layers = [*resizing, *rescaling]
     if (mean is None) != (std is None):
         raise ValueError(
             "Give both `mean` and `std` to normalise, or neither. "

@@ -1,0 +1,111 @@
+"""Drawings moved so that their ink's centre of mass is the image's centre.
+
+Why: an Omniglot character's drawings sit anywhere near the middle of the
+105x105 frame; within one character the ink's centre of mass wanders by
+5.6 pixels (standard deviation, the subsets' 4840 drawings), 1.5 pixels
+of a 28x28 input. A Conv4's embedding is not invariant to that, and in
+one-shot matching the one support drawing is all there is to compare
+with. Centring every drawing (in the pipeline and in the exported model,
+as part of `tfmaml.data.preprocessing`) takes that nuisance out before
+the network sees it; it is the first step of moment normalisation in
+handwriting recognition. Optionally the ink's spread (its radius of
+gyration) is scaled to a fixed fraction of the side too.
+
+A Keras layer, so it is serialised with the model and runs in the
+SavedModel. It resamples with `keras.ops.image.affine_transform`
+(bilinear, zero outside): the foreground must be the bright part, so it
+comes after `invert` for Omniglot's dark ink.
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfmaml")
+class InkCentring(keras.layers.Layer):
+    """Translates each image so the centre of mass of its intensity is the
+    centre of the frame, and with `radius` scales it about that point so
+    the intensity's radius of gyration is `radius` times the side.
+
+    Images with no intensity at all are left as they are.
+
+    Args:
+        radius: The radius of gyration, as a fraction of the image's
+            (smaller) side, to scale each image to; `None` (default) only
+            translates. Omniglot's drawings have a median of 0.23.
+    """
+
+    def __init__(self, radius: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if radius is not None and not 0.0 < radius < 1.0:
+            raise ValueError(
+                "InkCentring's `radius` is a fraction of the image's side, "
+                f"in (0, 1), or None. Received: radius={radius}"
+            )
+        self.radius = radius
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or None in input_shape[1:3]:
+            raise ValueError(
+                "InkCentring expects images [batch, height, width, channels] "
+                f"of a known size. Received: shape={input_shape}"
+            )
+
+    def call(self, images):
+        images = ops.convert_to_tensor(images)
+        height, width = images.shape[1], images.shape[2]
+        dtype = images.dtype
+        mass = ops.sum(images, axis=-1)  # [batch, height, width]
+        total = ops.sum(mass, axis=(1, 2))
+        present = total > 0
+        safe_total = ops.where(present, total, ops.ones_like(total))
+        rows = ops.cast(ops.arange(height), dtype)[None, :, None]
+        columns = ops.cast(ops.arange(width), dtype)[None, None, :]
+        row_mean = ops.sum(mass * rows, axis=(1, 2)) / safe_total
+        column_mean = ops.sum(mass * columns, axis=(1, 2)) / safe_total
+        centre_row = (height - 1) / 2.0
+        centre_column = (width - 1) / 2.0
+        if self.radius is None:
+            step = ops.ones_like(total)
+        else:
+            spread = (
+                ops.sum(mass * (rows - row_mean[:, None, None]) ** 2, (1, 2))
+                + ops.sum(
+                    mass * (columns - column_mean[:, None, None]) ** 2, (1, 2)
+                )
+            ) / safe_total
+            gyration = ops.sqrt(spread)
+            target = self.radius * min(height, width)
+            # Output pixel (r, c) samples the input at
+            # mean + step * ((r, c) - centre): a step of gyration / target
+            # input pixels per output pixel.
+            step = ops.where(
+                gyration > 0,
+                gyration / target,
+                ops.ones_like(gyration),
+            )
+        step = ops.where(present, step, ops.ones_like(step))
+        row_offset = ops.where(present, row_mean - step * centre_row, 0.0)
+        column_offset = ops.where(
+            present, column_mean - step * centre_column, 0.0
+        )
+        zeros = ops.zeros_like(step)
+        # keras' projective transform: input (x, y) = (a0 x + a1 y + a2,
+        # b0 x + b1 y + b2) for output column x and row y.
+        transform = ops.stack(
+            [step, zeros, column_offset, zeros, step, row_offset, zeros, zeros],
+            axis=1,
+        )
+        return ops.image.affine_transform(
+            images,
+            transform,
+            interpolation="bilinear",
+            fill_mode="constant",
+            fill_value=0,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "radius": self.radius}
