@@ -282,4 +282,4 @@ def test_the_shipped_omniglot_20_way_model_tells_characters_apart(
         """
     )
     accuracy = json.loads((tmp_path / "accuracy.json").read_text())
-    assert np.mean(accuracy) > 0.7, accuracy  # 0.83 for the shipped model.
+    assert np.mean(accuracy) > 0.7, accuracy  # 0.845 for the shipped model.

@@ -342,7 +342,10 @@ def test_the_20_way_recipe_trains_wide_and_serves_20_way(tmp_path):
         support_x=raw[:20], support_y=labels[:20], query_x=raw[20:]
     )
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
-    prepare = tfmaml.data.preprocessing((28, 28), invert=True)
+    # The recipe centres and scales each drawing's ink: the export must too.
+    prepare = tfmaml.data.preprocessing(
+        (28, 28), invert=True, centre_ink=True, ink_radius=0.23
+    )
     expected = model.adapt_and_predict(
         prepare(raw[:20]), labels[:20], prepare(raw[20:])
     )
