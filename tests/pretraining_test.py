@@ -517,7 +517,10 @@ def test_a_pretrained_protonet_without_episodes_trains_and_exports(tmp_path):
         support_y=np.arange(3, dtype="int32"),
         query_x=raw[3:].astype("f4"),
     )
-    prepare = tfmaml.data.preprocessing((28, 28), invert=True)
+    # The run's preprocessing (the recipe's: ink centred and scaled).
+    prepare = image_tasks.preprocessing(
+        omniglot_20way_1shot.get_config("smoke")
+    )
     expected = model.adapt_and_predict(
         prepare(raw[:3].astype("f4")),
         np.arange(3, dtype="int32"),
