@@ -61,10 +61,20 @@ class InkCentring(keras.layers.Layer):
         safe_total = ops.where(present, total, ops.ones_like(total))
         rows = ops.cast(ops.arange(height), dtype)[None, :, None]
         columns = ops.cast(ops.arange(width), dtype)[None, None, :]
-        row_mean = ops.sum(mass * rows, axis=(1, 2)) / safe_total
-        column_mean = ops.sum(mass * columns, axis=(1, 2)) / safe_total
         centre_row = (height - 1) / 2.0
         centre_column = (width - 1) / 2.0
+        # A blank image's "mean" is the centre and its spread 0 (a step of
+        # 1): its transform is the identity.
+        row_mean = ops.where(
+            present,
+            ops.sum(mass * rows, axis=(1, 2)) / safe_total,
+            centre_row,
+        )
+        column_mean = ops.where(
+            present,
+            ops.sum(mass * columns, axis=(1, 2)) / safe_total,
+            centre_column,
+        )
         if self.radius is None:
             step = ops.ones_like(total)
         else:
@@ -84,11 +94,8 @@ class InkCentring(keras.layers.Layer):
                 gyration / target,
                 ops.ones_like(gyration),
             )
-        step = ops.where(present, step, ops.ones_like(step))
-        row_offset = ops.where(present, row_mean - step * centre_row, 0.0)
-        column_offset = ops.where(
-            present, column_mean - step * centre_column, 0.0
-        )
+        row_offset = row_mean - step * centre_row
+        column_offset = column_mean - step * centre_column
         zeros = ops.zeros_like(step)
         # keras' projective transform: input (x, y) = (a0 x + a1 y + a2,
         # b0 x + b1 y + b2) for output column x and row y.
