@@ -1,5 +1,6 @@
 """InkCentring: each image's ink moved to the frame's centre (and scaled to
-a radius of gyration), checked against moments computed here."""
+a radius of gyration, and sheared upright), checked against moments
+computed here."""
 
 import keras
 import numpy as np
@@ -89,6 +90,56 @@ def test_a_radius_scales_every_image_to_the_same_spread():
     assert np.ptp(before) > 2.0  # The spreads did differ.
 
 
+def _slanted_ink(slant, count=4, size=41, seed=3):
+    """Gaussian spots (sigma 2 pixels) whose columns are shifted by `slant`
+    times their row's distance from the middle: the same drawings for every
+    `slant`, sheared exactly (the shear is applied to the function, not
+    resampled)."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size].astype(np.float64)
+    middle = (size - 1) / 2
+    images = np.zeros((count, size, size, 1), np.float32)
+    for image in images:
+        for _ in range(4):
+            row, column = rng.uniform(13, size - 13, size=2)
+            sheared = columns - slant * (rows - middle)
+            image[..., 0] += np.exp(
+                -((rows - row) ** 2 + (sheared - column) ** 2) / 8.0
+            )
+    return images
+
+
+def _slant(images):
+    """Each image's covariance of column and row over its row variance."""
+    mass = images.sum(-1)
+    rows, columns = np.mgrid[: mass.shape[1], : mass.shape[2]]
+    total = mass.sum((1, 2))
+    row = ((mass * rows).sum((1, 2)) / total)[:, None, None]
+    column = ((mass * columns).sum((1, 2)) / total)[:, None, None]
+    covariance = (mass * (rows - row) * (columns - column)).sum((1, 2))
+    return covariance / (mass * (rows - row) ** 2).sum((1, 2))
+
+
+def test_deslanting_removes_the_slant_and_undoes_a_known_shear():
+    upright = _slanted_ink(0.0)
+    leaning = _slanted_ink(0.4)
+    assert np.all(np.abs(_slant(leaning) - _slant(upright)) > 0.3)
+    layer = data.InkCentring(radius=0.2, deslant=True)
+    from_upright = layer(upright).numpy()
+    from_leaning = layer(leaning).numpy()
+    np.testing.assert_allclose(_slant(from_leaning), 0.0, atol=0.01)
+    row, column, gyration, _ = _moments(from_leaning)
+    np.testing.assert_allclose(row, 20.0, atol=0.05)
+    np.testing.assert_allclose(column, 20.0, atol=0.05)
+    np.testing.assert_allclose(gyration, 0.2 * 41, rtol=0.01)
+    # Both drawings of the same ink end up as one image (to within
+    # bilinear resampling, 3% of the peak of about 1.7).
+    np.testing.assert_allclose(from_leaning, from_upright, atol=0.05)
+    # Without deslanting the lean stays.
+    kept = data.InkCentring(radius=0.2)(leaning).numpy()
+    np.testing.assert_allclose(_slant(kept), _slant(leaning), atol=0.02)
+
+
 def test_a_blank_image_is_left_as_it_is_beside_others():
     images = _strokes(3)
     images[1] = 0.0
@@ -115,13 +166,16 @@ def test_preprocessing_centres_raw_omniglot_like_images_before_resizing():
 
 def test_the_layer_survives_a_keras_round_trip(tmp_path):
     inputs = keras.Input((41, 41, 1))
-    model = keras.Model(inputs, data.InkCentring(radius=0.25)(inputs))
+    model = keras.Model(
+        inputs, data.InkCentring(radius=0.25, deslant=True)(inputs)
+    )
     path = tmp_path / "centring.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
     images = _strokes(4, seed=2)
     np.testing.assert_allclose(loaded(images), model(images), atol=1e-6)
     assert loaded.layers[-1].radius == 0.25
+    assert loaded.layers[-1].deslant is True
 
 
 def test_bad_arguments_are_named():
@@ -131,3 +185,7 @@ def test_bad_arguments_are_named():
         data.InkCentring()(np.zeros((41, 41), np.float32))
     with pytest.raises(ValueError, match="needs `centre_ink=True`"):
         data.preprocessing((28, 28), ink_radius=0.2)
+    with pytest.raises(TypeError, match="deslant='yes'"):
+        data.InkCentring(deslant="yes")
+    with pytest.raises(ValueError, match="deslant_ink=True"):
+        data.preprocessing((28, 28), deslant_ink=True)

@@ -81,6 +81,7 @@ def preprocessing(config: ml_collections.ConfigDict) -> keras.Model:
         invert=config.invert,
         centre_ink=config.get("centre_ink", False),
         ink_radius=config.get("ink_radius", 0.0) or None,
+        deslant_ink=config.get("deslant_ink", False),
     )
 
 

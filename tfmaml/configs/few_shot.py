@@ -63,9 +63,11 @@ def few_shot_config(
     config.invert = invert
     # Each image's ink moved to the frame's centre before resizing, and with
     # `ink_radius` > 0 scaled to that radius of gyration (a fraction of the
-    # side; `tfmaml.data.InkCentring`), in training and in the export.
+    # side; `tfmaml.data.InkCentring`), in training and in the export;
+    # with `deslant_ink` also sheared upright about that centre.
     config.centre_ink = False
     config.ink_radius = 0.0
+    config.deslant_ink = False
     config.rotations = rotations  # Training classes only.
     # Mirror images of training classes as new classes too (with rotations,
     # eight orientations of each; `tfmaml.data.episodes(reflections=...)`).

@@ -5,8 +5,8 @@ from tfmaml.data.augmentation import AffineAugmentation
 from tfmaml.data.episodes import DeviceEpisodes
 from tfmaml.data.episodes import episodes
 from tfmaml.data.episodes import grouped_classes
-from tfmaml.data.episodes import prepare
-from tfmaml.data.episodes import preprocessing
+from tfmaml.data.image_preprocessing import prepare
+from tfmaml.data.image_preprocessing import preprocessing
 from tfmaml.data.ink_centring import InkCentring
 from tfmaml.data.joined import join_classes
 from tfmaml.data.labelled import labelled_batches

@@ -9,7 +9,10 @@ with. Centring every drawing (in the pipeline and in the exported model,
 as part of `tfmaml.data.preprocessing`) takes that nuisance out before
 the network sees it; it is the first step of moment normalisation in
 handwriting recognition. Optionally the ink's spread (its radius of
-gyration) is scaled to a fixed fraction of the side too.
+gyration) is scaled to a fixed fraction of the side too, and the ink's
+slant (the regression of its column on its row) is sheared away: the
+deskewing of moment normalisation, since drawers of one character lean
+their strokes differently.
 
 A Keras layer, so it is serialised with the model and runs in the
 SavedModel. It resamples with `keras.ops.image.affine_transform`
@@ -25,7 +28,10 @@ from keras import ops
 class InkCentring(keras.layers.Layer):
     """Translates each image so the centre of mass of its intensity is the
     centre of the frame, and with `radius` scales it about that point so
-    the intensity's radius of gyration is `radius` times the side.
+    the intensity's radius of gyration is `radius` times the side; with
+    `deslant`, shears rows sideways so the intensity's column no longer
+    depends linearly on its row (the slant is the covariance of column and
+    row over the variance of row, clipped to [-1, 1]).
 
     Images with no intensity at all are left as they are.
 
@@ -33,16 +39,27 @@ class InkCentring(keras.layers.Layer):
         radius: The radius of gyration, as a fraction of the image's
             (smaller) side, to scale each image to; `None` (default) only
             translates. Omniglot's drawings have a median of 0.23.
+        deslant: Whether to shear the slant away too (about the centre of
+            mass, before scaling; the radius is then the sheared ink's).
+            Defaults to `False`.
     """
 
-    def __init__(self, radius: float | None = None, **kwargs):
+    def __init__(
+        self, radius: float | None = None, deslant: bool = False, **kwargs
+    ):
         super().__init__(**kwargs)
+        if not isinstance(deslant, bool):
+            raise TypeError(
+                "InkCentring's `deslant` must be a bool. "
+                f"Received: deslant={deslant!r}"
+            )
         if radius is not None and not 0.0 < radius < 1.0:
             raise ValueError(
                 "InkCentring's `radius` is a fraction of the image's side, "
                 f"in (0, 1), or None. Received: radius={radius}"
             )
         self.radius = radius
+        self.deslant = deslant
 
     def build(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:3]:
@@ -75,16 +92,46 @@ class InkCentring(keras.layers.Layer):
             ops.sum(mass * columns, axis=(1, 2)) / safe_total,
             centre_column,
         )
+        row_deviation = rows - row_mean[:, None, None]
+        column_deviation = columns - column_mean[:, None, None]
+        row_variance = ops.sum(mass * row_deviation**2, (1, 2)) / safe_total
+        column_variance = (
+            ops.sum(mass * column_deviation**2, (1, 2)) / safe_total
+        )
+        if self.deslant:
+            covariance = (
+                ops.sum(mass * row_deviation * column_deviation, (1, 2))
+                / safe_total
+            )
+            slant = ops.clip(
+                ops.where(
+                    row_variance > 0,
+                    covariance
+                    / ops.where(
+                        row_variance > 0,
+                        row_variance,
+                        ops.ones_like(row_variance),
+                    ),
+                    ops.zeros_like(row_variance),
+                ),
+                -1.0,
+                1.0,
+            )
+            # The sheared ink's column variance: the part of the column
+            # that the row does not explain (less, for a clipped slant).
+            column_variance = (
+                column_variance
+                - 2.0 * slant * covariance
+                + slant**2 * row_variance
+            )
+        else:
+            slant = ops.zeros_like(total)
         if self.radius is None:
             step = ops.ones_like(total)
         else:
-            spread = (
-                ops.sum(mass * (rows - row_mean[:, None, None]) ** 2, (1, 2))
-                + ops.sum(
-                    mass * (columns - column_mean[:, None, None]) ** 2, (1, 2)
-                )
-            ) / safe_total
-            gyration = ops.sqrt(spread)
+            gyration = ops.sqrt(
+                ops.maximum(row_variance + column_variance, 0.0)
+            )
             target = self.radius * min(height, width)
             # Output pixel (r, c) samples the input at
             # mean + step * ((r, c) - centre): a step of gyration / target
@@ -94,13 +141,16 @@ class InkCentring(keras.layers.Layer):
                 gyration / target,
                 ops.ones_like(gyration),
             )
+        # With the shear, output (r, c) samples the input's column at
+        # column_mean + step * ((c - centre) + slant * (r - centre)).
+        shear = step * slant
         row_offset = row_mean - step * centre_row
-        column_offset = column_mean - step * centre_column
+        column_offset = column_mean - step * centre_column - shear * centre_row
         zeros = ops.zeros_like(step)
         # keras' projective transform: input (x, y) = (a0 x + a1 y + a2,
         # b0 x + b1 y + b2) for output column x and row y.
         transform = ops.stack(
-            [step, zeros, column_offset, zeros, step, row_offset, zeros, zeros],
+            [step, shear, column_offset, zeros, step, row_offset, zeros, zeros],
             axis=1,
         )
         return ops.image.affine_transform(
@@ -115,4 +165,8 @@ class InkCentring(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "radius": self.radius}
+        return {
+            **super().get_config(),
+            "radius": self.radius,
+            "deslant": self.deslant,
+        }
