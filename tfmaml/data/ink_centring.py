@@ -94,35 +94,31 @@ class InkCentring(keras.layers.Layer):
         )
         row_deviation = rows - row_mean[:, None, None]
         column_deviation = columns - column_mean[:, None, None]
-        row_variance = ops.sum(mass * row_deviation**2, (1, 2)) / safe_total
-        column_variance = (
-            ops.sum(mass * column_deviation**2, (1, 2)) / safe_total
-        )
+        # Second moments, summed (divided by the mass only at the end, in
+        # the order that the shipped export was trained with).
+        row_moment = ops.sum(mass * row_deviation**2, (1, 2))
+        column_moment = ops.sum(mass * column_deviation**2, (1, 2))
         if self.deslant:
-            covariance = (
-                ops.sum(mass * row_deviation * column_deviation, (1, 2))
-                / safe_total
+            cross_moment = ops.sum(
+                mass * row_deviation * column_deviation, (1, 2)
             )
+            upright = row_moment > 0
             slant = ops.clip(
                 ops.where(
-                    row_variance > 0,
-                    covariance
-                    / ops.where(
-                        row_variance > 0,
-                        row_variance,
-                        ops.ones_like(row_variance),
-                    ),
-                    ops.zeros_like(row_variance),
+                    upright,
+                    cross_moment
+                    / ops.where(upright, row_moment, ops.ones_like(total)),
+                    ops.zeros_like(total),
                 ),
                 -1.0,
                 1.0,
             )
-            # The sheared ink's column variance: the part of the column
-            # that the row does not explain (less, for a clipped slant).
-            column_variance = (
-                column_variance
-                - 2.0 * slant * covariance
-                + slant**2 * row_variance
+            # The sheared ink's column moment: the part of the column that
+            # the row does not explain (more, for a clipped slant).
+            column_moment = (
+                column_moment
+                - 2.0 * slant * cross_moment
+                + slant**2 * row_moment
             )
         else:
             slant = ops.zeros_like(total)
@@ -130,7 +126,7 @@ class InkCentring(keras.layers.Layer):
             step = ops.ones_like(total)
         else:
             gyration = ops.sqrt(
-                ops.maximum(row_variance + column_variance, 0.0)
+                ops.maximum((row_moment + column_moment) / safe_total, 0.0)
             )
             target = self.radius * min(height, width)
             # Output pixel (r, c) samples the input at
