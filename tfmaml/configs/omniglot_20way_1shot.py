@@ -1,9 +1,9 @@
 """Omniglot 20-way 1-shot: the best recipe measured so far for the subset
-split (five training alphabets; seed 0 on a Zen 5 EPYC, 2 cores, 31
-minutes of pretraining: 91.2% on random and 83.8% on within-alphabet
-episodes of unseen alphabets; before its ink was centred, 90.0% +- 0.3%
-and 82.0% +- 1.0% over 3 seeds, seed 0 90.1% and 82.3%; the issue asks
-90% on both), and MAML's settings beside it.
+split (five training alphabets; 3 seeds on a Zen 5 EPYC, 2 cores, 31
+minutes of pretraining: 91.3% +- 0.4% on random and 83.7% +- 0.4%
+on within-alphabet episodes of unseen alphabets; before its ink was
+centred, 90.0% +- 0.3% and 82.0% +- 1.0%; the issue asks 90% on both),
+and MAML's settings beside it.
 
 Launch (the recipe; `saved_models/omniglot_20way_1shot/` is its export):
   python -m tfmaml.train --config=configs/omniglot_20way_1shot.py \
