@@ -121,7 +121,8 @@ def few_shot_config(
     config.pretrain_group_by = ""
     config.pretrain_group_fraction = 1.0
     config.pretrain_learning_rate = 1e-3
-    config.pretrain_label_smoothing = 0.0  # Keras' label_smoothing.
+    # Keras' label_smoothing; 0.1 lost 2.4 points on Omniglot (RESULTS.md).
+    config.pretrain_label_smoothing = 0.0
     # A ProtoNet's views: each support image (query) also embedded as this
     # many copies distorted by `augmentation`'s ranges, outside training
     # (`tfmaml.ProtoNet(support_views=..., query_views=...)`); 0: none.
