@@ -92,52 +92,18 @@ class InkCentring(keras.layers.Layer):
             ops.sum(mass * columns, axis=(1, 2)) / safe_total,
             centre_column,
         )
-        slant = ops.zeros_like(total)
-        step = ops.ones_like(total)
-        # Second moments only where a radius or the slant needs them:
-        # centring alone (and every served call of its export) skips them.
-        if self.radius is not None or self.deslant:
-            row_deviation = rows - row_mean[:, None, None]
-            column_deviation = columns - column_mean[:, None, None]
-            # Second moments, summed (divided by the mass only at the end, in
-            # the order that the shipped export was trained with).
-            row_moment = ops.sum(mass * row_deviation**2, (1, 2))
-            column_moment = ops.sum(mass * column_deviation**2, (1, 2))
-            if self.deslant:
-                cross_moment = ops.sum(
-                    mass * row_deviation * column_deviation, (1, 2)
-                )
-                upright = row_moment > 0
-                slant = ops.clip(
-                    ops.where(
-                        upright,
-                        cross_moment
-                        / ops.where(upright, row_moment, ops.ones_like(total)),
-                        ops.zeros_like(total),
-                    ),
-                    -1.0,
-                    1.0,
-                )
-                # The sheared ink's column moment: the part of the column that
-                # the row does not explain (more, for a clipped slant).
-                column_moment = (
-                    column_moment
-                    - 2.0 * slant * cross_moment
-                    + slant**2 * row_moment
-                )
-            if self.radius is not None:
-                gyration = ops.sqrt(
-                    ops.maximum((row_moment + column_moment) / safe_total, 0.0)
-                )
-                target = self.radius * min(height, width)
-                # Output pixel (r, c) samples the input at
-                # mean + step * ((r, c) - centre): a step of gyration / target
-                # input pixels per output pixel.
-                step = ops.where(
-                    gyration > 0,
-                    gyration / target,
-                    ops.ones_like(gyration),
-                )
+        if self.radius is None and not self.deslant:
+            # Centring alone (and every served call of its export) needs no
+            # second moments.
+            slant, step = ops.zeros_like(total), ops.ones_like(total)
+        else:
+            slant, step = self._slant_and_step(
+                mass,
+                rows - row_mean[:, None, None],
+                columns - column_mean[:, None, None],
+                safe_total,
+                min(height, width),
+            )
         # With the shear, output (r, c) samples the input's column at
         # column_mean + step * ((c - centre) + slant * (r - centre)).
         shear = step * slant
@@ -157,6 +123,54 @@ class InkCentring(keras.layers.Layer):
             fill_mode="constant",
             fill_value=0,
         )
+
+    def _slant_and_step(
+        self, mass, row_deviation, column_deviation, safe_total, side
+    ):
+        """The shear that stands the ink upright (0 without `deslant`) and
+        the input pixels per output pixel that give it the radius (1
+        without one), from the ink's second moments about its centre."""
+        # Second moments, summed (divided by the mass only at the end, in
+        # the order that the shipped export was trained with).
+        row_moment = ops.sum(mass * row_deviation**2, (1, 2))
+        column_moment = ops.sum(mass * column_deviation**2, (1, 2))
+        slant = ops.zeros_like(safe_total)
+        if self.deslant:
+            cross_moment = ops.sum(
+                mass * row_deviation * column_deviation, (1, 2)
+            )
+            upright = row_moment > 0
+            slant = ops.clip(
+                ops.where(
+                    upright,
+                    cross_moment
+                    / ops.where(upright, row_moment, ops.ones_like(slant)),
+                    ops.zeros_like(slant),
+                ),
+                -1.0,
+                1.0,
+            )
+            # The sheared ink's column moment: the part of the column that
+            # the row does not explain (more, for a clipped slant).
+            column_moment = (
+                column_moment
+                - 2.0 * slant * cross_moment
+                + slant**2 * row_moment
+            )
+        step = ops.ones_like(safe_total)
+        if self.radius is not None:
+            gyration = ops.sqrt(
+                ops.maximum((row_moment + column_moment) / safe_total, 0.0)
+            )
+            # Output pixel (r, c) samples the input at
+            # mean + step * ((r, c) - centre): a step of gyration / target
+            # input pixels per output pixel.
+            step = ops.where(
+                gyration > 0,
+                gyration / (self.radius * side),
+                ops.ones_like(gyration),
+            )
+        return slant, step
 
     def compute_output_shape(self, input_shape):
         return input_shape
