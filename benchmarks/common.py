@@ -123,12 +123,32 @@ def parse_value(text: str):
 
 def override(config, assignment: str) -> None:
     """Sets `config`'s field from `field=value` (a dotted field reaches
-    into a nested ConfigDict, e.g. `augmentation.shift=0.15`)."""
+    into a nested ConfigDict, e.g. `augmentation.shift=0.15`).
+
+    Raises:
+        ValueError: If the config has no such field. A ConfigDict takes a
+            new key without complaint, so a misspelt field (or two arms
+            run together, `a:x=1;b:y=2` for `a:x=1,b:y=2`) would otherwise
+            run the reference's settings under the arm's name.
+    """
     field, _, text = assignment.partition("=")
     *parents, name = field.split(".")
-    for parent in parents:
-        config = config[parent]
-    config[name] = parse_value(text)
+    where = config
+    for depth, parent in enumerate(parents):
+        _check_field(where, parent, ".".join(parents[:depth]), assignment)
+        where = where[parent]
+    _check_field(where, name, ".".join(parents), assignment)
+    where[name] = parse_value(text)
+
+
+def _check_field(config, name: str, parent: str, assignment: str) -> None:
+    if name not in config:
+        raise ValueError(
+            f"No config field {name!r}"
+            + (f" in {parent!r}" if parent else "")
+            + f" (from {assignment!r}); the fields are "
+            f"{sorted(config.keys())}."
+        )
 
 
 def t_interval(values: Sequence[float]) -> float:

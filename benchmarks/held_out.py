@@ -186,7 +186,12 @@ def main(argv):
     if FLAGS.one:
         _run_one(json.loads(FLAGS.one))
         return
-    arms = list(_arms())
+    overrides_of = _arms()
+    arms = list(overrides_of)
+    for overrides in overrides_of.values():  # Bad fields fail here.
+        config = common.load_config(FLAGS.config)
+        for assignment in FLAGS.set + overrides:
+            common.override(config, assignment)
     pairs = len(FLAGS.alphabets) * len(FLAGS.seeds)
     if len(arms) > 1 and not 2 <= pairs <= len(common.T95) + 1:
         raise ValueError(

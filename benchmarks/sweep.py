@@ -50,7 +50,7 @@ def _run_one(value):
     config.data_dir = FLAGS.data_dir
     for assignment in FLAGS.set:
         common.override(config, assignment)
-    config[FLAGS.field] = value
+    common.override(config, f"{FLAGS.field}={value!r}")
     config.total_steps = 1_000_000  # Time alone ends the run.
     config.validation_batches = -(-FLAGS.tasks // config.meta_batch_size)
     experiment.configure_runtime(config)
@@ -92,6 +92,10 @@ def main(argv):
     if FLAGS.one:
         _run_one(common.parse_value(FLAGS.one))
         return
+    config = common.load_config(FLAGS.config)  # Bad fields fail here.
+    swept = [f"{FLAGS.field}={value}" for value in FLAGS.values]
+    for assignment in FLAGS.set + swept:
+        common.override(config, assignment)
     rows = []
     for text in FLAGS.values:
         args = [a for a in sys.argv[1:] if not a.startswith("--one")]
