@@ -266,3 +266,26 @@ def test_the_recipes_views_and_head_reach_its_protonet():
     config.head_steps, config.head_learning_rate = 5, 0.25
     fitted = experiment.build_model(config)
     assert (fitted.head_steps, fitted.head_learning_rate) == (5, 0.25)
+    assert plain.assignment_steps == 0  # Each query on its own.
+    config.assignment_steps, config.assignment_sharpness = 20, 8.0
+    assigned = experiment.build_model(config)
+    assert (assigned.assignment_steps, assigned.assignment_sharpness) == (
+        20,
+        8.0,
+    )
+
+
+def test_the_balanced_variant_is_the_recipe_scored_set_level_on_lakes_runs():
+    from configs import omniglot_20way_1shot
+    from tfmaml import experiment
+
+    recipe = omniglot_20way_1shot.get_config().to_dict()
+    balanced = omniglot_20way_1shot.get_config("balanced")
+    assert (balanced.eval_num_queries, balanced.assignment_steps) == (1, 20)
+    changed = {k for k, v in balanced.to_dict().items() if recipe[k] != v}
+    assert changed == {"eval_num_queries", "assignment_steps"}
+    assert experiment.build_model(balanced).assignment_steps == 20
+    with pytest.raises(ValueError, match=r"`balanced`.*'maml,balanced'"):
+        omniglot_20way_1shot.get_config("maml,balanced")
+    with pytest.raises(ValueError, match=r"\['balance'\]"):
+        omniglot_20way_1shot.get_config("balance")

@@ -38,6 +38,7 @@ ORDER = [
     "tfmaml.model",
     "tfmaml.views",
     "tfmaml.prototype_head",
+    "tfmaml.balanced_assignment",
     "tfmaml.prototypes",
     "tfmaml.algorithms",
     "tfmaml.pretraining",

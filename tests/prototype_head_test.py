@@ -2,7 +2,6 @@
 prototypes on the support embeddings and their views, checked against a
 NumPy computation on every path."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +9,7 @@ from prototypes_test import SCE
 from prototypes_test import _hand_logits
 from prototypes_test import _image_embedding
 from prototypes_test import _image_task
-from prototypes_test import _served_logits
+from prototypes_test import _logits_on_every_path
 
 import tfmaml
 from tfmaml import prototype_head
@@ -109,28 +108,10 @@ def test_the_fitted_head_matches_gradient_descent_by_hand_on_every_path(
         stack.mean(0), labels, viewed_queries, distance
     )
     assert np.abs(expected - prototypes_only).max() > 0.05
-    batch = {
-        "support_x": support[None],
-        "support_y": labels[None],
-        "query_x": queries[None],
-    }
-    adapted = model.adapt(support, labels)
-    adapted.save(tmp_path / "adapted.keras")
-    model.save(tmp_path / "model.keras")
-    loaded = keras.models.load_model(tmp_path / "model.keras")
+    paths, loaded = _logits_on_every_path(
+        model, support, labels, queries, tmp_path, run_without_tfmaml
+    )
     assert (loaded.head_steps, loaded.head_learning_rate) == (steps, rate)
-    paths = {
-        "adapt_and_predict": model.adapt_and_predict(support, labels, queries),
-        "predict": model.predict(batch, verbose=0)[0],
-        "adapt": adapted(queries),
-        "adapted .keras": keras.models.load_model(tmp_path / "adapted.keras")(
-            queries
-        ),
-        ".keras": loaded.adapt_and_predict(support, labels, queries),
-        "export without tfmaml": _served_logits(
-            model, support, labels, queries, tmp_path, run_without_tfmaml
-        ),
-    }
     for path, logits in paths.items():
         np.testing.assert_allclose(
             logits, expected, rtol=1e-4, atol=1e-4, err_msg=path

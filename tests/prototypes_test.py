@@ -377,6 +377,35 @@ def _served_logits(model, support, labels, queries, tmp_path, run):
     return np.array(json.loads(result.stdout.splitlines()[-1]))
 
 
+def _logits_on_every_path(model, support, labels, queries, tmp_path, run):
+    """`({path: logits of the queries}, the model loaded from .keras)`:
+    `adapt_and_predict`, `predict` on a batch of one task, `adapt` and its
+    `.keras` file, the model's `.keras` file, and its export served
+    without tfmaml (`run`: the `run_without_tfmaml` fixture)."""
+    batch = {
+        "support_x": support[None],
+        "support_y": labels[None],
+        "query_x": queries[None],
+    }
+    adapted = model.adapt(support, labels)
+    adapted.save(tmp_path / "adapted.keras")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    paths = {
+        "adapt_and_predict": model.adapt_and_predict(support, labels, queries),
+        "predict": model.predict(batch, verbose=0)[0],
+        "adapt": adapted(queries),
+        "adapted .keras": keras.models.load_model(tmp_path / "adapted.keras")(
+            queries
+        ),
+        ".keras": loaded.adapt_and_predict(support, labels, queries),
+        "export without tfmaml": _served_logits(
+            model, support, labels, queries, tmp_path, run
+        ),
+    }
+    return paths, loaded
+
+
 def _viewed(net, images, count, augment):
     """By hand: the mean embedding of `images` and of their `count` copies,
     copy i moving every image by the i-th fixed draw."""
@@ -510,11 +539,17 @@ def test_query_views_average_each_query_with_its_copies(
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_views_and_a_fitted_head_leave_training_as_it_was():
+def test_views_a_fitted_head_and_an_assignment_leave_training_as_it_was():
     nets = [_image_embedding(), _image_embedding()]
     nets[1].set_weights(nets[0].get_weights())
     models = [
-        tfmaml.ProtoNet(nets[0], support_views=4, query_views=2, head_steps=5),
+        tfmaml.ProtoNet(
+            nets[0],
+            support_views=4,
+            query_views=2,
+            head_steps=5,
+            assignment_steps=10,
+        ),
         tfmaml.ProtoNet(nets[1]),
     ]
     rng = np.random.default_rng(4)

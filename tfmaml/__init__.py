@@ -15,6 +15,7 @@ runtime.request_onednn()
 runtime.set_default_threads()
 runtime.warn_if_onednn_off()
 
+from tfmaml import balanced_assignment
 from tfmaml import cancelled_biases
 from tfmaml import data
 from tfmaml import folded_batch_norm
@@ -50,6 +51,7 @@ __all__ = [
     "Episode",
     "LabelKind",
     "TaskResults",
+    "balanced_assignment",
     "cancelled_biases",
     "data",
     "folded_batch_norm",

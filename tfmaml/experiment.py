@@ -20,6 +20,7 @@ from tfmaml import rl
 from tfmaml import rl_tasks
 from tfmaml import training
 from tfmaml.adapted_variables import names_without_normalization
+from tfmaml.balanced_assignment import DEFAULT_SHARPNESS
 from tfmaml.checks import check_int
 from tfmaml.data import Splits
 from tfmaml.data.streams import SPLIT_SEED_OFFSETS
@@ -291,6 +292,10 @@ def build_model(config: ml_collections.ConfigDict) -> keras.Model:
             else None,
             head_steps=config.get("head_steps", 0),
             head_learning_rate=config.get("head_learning_rate", 1.0),
+            assignment_steps=config.get("assignment_steps", 0),
+            assignment_sharpness=config.get(
+                "assignment_sharpness", DEFAULT_SHARPNESS
+            ),
             **views,
         )
         compile_model(model, config)

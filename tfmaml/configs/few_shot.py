@@ -128,6 +128,12 @@ def few_shot_config(
     # (`tfmaml.ProtoNet(support_views=..., query_views=...)`); 0: none.
     config.support_views = 0
     config.query_views = 0
+    # A ProtoNet's set-level inference outside training: each task's
+    # queries assigned to its classes together, each class an equal share
+    # (`tfmaml.ProtoNet(assignment_steps=...)`, Sinkhorn iterations); only
+    # for queries spread evenly over the classes. 0: each query alone.
+    config.assignment_steps = 0
+    config.assignment_sharpness = 16.0
     # A ProtoNet's fitted head: outside training, this many gradient steps
     # of a linear head from the prototypes on the support embeddings and
     # their views (`tfmaml.ProtoNet(head_steps=..., head_learning_rate=...)`);
