@@ -351,5 +351,7 @@ def test_the_20_way_recipe_trains_wide_and_serves_20_way(tmp_path):
     )
     np.testing.assert_allclose(out["predictions"], expected, atol=1e-4)
     assert out["probabilities"].shape == (20, 20)
-    with pytest.raises(ValueError, match=r"\['mam'\].*\['maml', 'smoke'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['mam'\].*\['balanced', 'maml', 'smoke'\]"
+    ):
         omniglot_20way_1shot.get_config("mam,smoke")
