@@ -42,14 +42,22 @@ def run(main) -> None:
     app.run(main)
 
 
-def load_config(spec: str):
+def load_config(
+    spec: str, overrides: Sequence[str] = (), data_dir: str | None = None
+):
     """The config named `module[:variant]` (a module of `tfmaml.configs`,
-    e.g. `omniglot_20way_1shot:maml`)."""
+    e.g. `omniglot_20way_1shot:maml`), its `data_dir` set if given, then
+    `overrides` (`field=value`, `override`) applied in turn."""
     import importlib
 
     module, _, variant = spec.partition(":")
     config = importlib.import_module(f"tfmaml.configs.{module}")
-    return config.get_config(variant or None)
+    config = config.get_config(variant or None)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    for assignment in overrides:
+        override(config, assignment)
+    return config
 
 
 def peak_rss_mib() -> float:

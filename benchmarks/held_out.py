@@ -71,10 +71,9 @@ def _run_one(run):
     from tfmaml import experiment
     from tfmaml import runtime
 
-    config = common.load_config(FLAGS.config)
-    config.data_dir = FLAGS.data_dir
-    for assignment in FLAGS.set + _arms()[run["arm"]]:
-        common.override(config, assignment)
+    config = common.load_config(
+        FLAGS.config, FLAGS.set + _arms()[run["arm"]], FLAGS.data_dir
+    )
     config.validation_alphabet = run["alphabet"]
     config.seed = int(run["seed"])
     config.pretrain_on_validation = False
@@ -189,9 +188,7 @@ def main(argv):
     overrides_of = _arms()
     arms = list(overrides_of)
     for overrides in overrides_of.values():  # Bad fields fail here.
-        config = common.load_config(FLAGS.config)
-        for assignment in FLAGS.set + overrides:
-            common.override(config, assignment)
+        common.load_config(FLAGS.config, FLAGS.set + overrides)
     pairs = len(FLAGS.alphabets) * len(FLAGS.seeds)
     if len(arms) > 1 and not 2 <= pairs <= len(common.T95) + 1:
         raise ValueError(

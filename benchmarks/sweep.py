@@ -46,11 +46,9 @@ def _run_one(value):
     from tfmaml import evaluation
     from tfmaml import experiment
 
-    config = common.load_config(FLAGS.config)
-    config.data_dir = FLAGS.data_dir
-    for assignment in FLAGS.set:
-        common.override(config, assignment)
-    common.override(config, f"{FLAGS.field}={value!r}")
+    config = common.load_config(
+        FLAGS.config, [*FLAGS.set, f"{FLAGS.field}={value!r}"], FLAGS.data_dir
+    )
     config.total_steps = 1_000_000  # Time alone ends the run.
     config.validation_batches = -(-FLAGS.tasks // config.meta_batch_size)
     experiment.configure_runtime(config)
@@ -92,10 +90,8 @@ def main(argv):
     if FLAGS.one:
         _run_one(common.parse_value(FLAGS.one))
         return
-    config = common.load_config(FLAGS.config)  # Bad fields fail here.
-    swept = [f"{FLAGS.field}={value}" for value in FLAGS.values]
-    for assignment in FLAGS.set + swept:
-        common.override(config, assignment)
+    for value in FLAGS.values:  # Bad fields fail here.
+        common.load_config(FLAGS.config, [*FLAGS.set, f"{FLAGS.field}={value}"])
     rows = []
     for text in FLAGS.values:
         args = [a for a in sys.argv[1:] if not a.startswith("--one")]
