@@ -95,13 +95,11 @@ def balanced_log_assignment(
 
 
 def _median(values: tf.Tensor) -> tf.Tensor:
-    """NumPy's median of a 1-D tensor (the mean of the middle two for an
-    even count); 0 for an empty one."""
+    """NumPy's median of a non-empty 1-D tensor (the mean of the middle two
+    for an even count)."""
     count = tf.size(values)
-    # A zero after the sorted values: what an empty tensor's indices find.
-    ordered = tf.concat([tf.sort(values), tf.zeros([1], values.dtype)], 0)
-    middle = [tf.maximum((count - 1) // 2, 0), count // 2]
-    return tf.reduce_mean(tf.gather(ordered, middle))
+    middle = [(count - 1) // 2, count // 2]
+    return tf.reduce_mean(tf.gather(tf.sort(values), middle))
 
 
 @keras.saving.register_keras_serializable(package="tfmaml")
